@@ -1,0 +1,73 @@
+"""The episode record: one dataclass shared by both runners, the trainer and the eval writer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class EpisodeRequest:
+    """One episode to run. `init_state` is an index into the task's init states, or an explicit state array."""
+
+    task_id: int
+    init_state: int | np.ndarray
+    rollout_index: int = 0  # k of K when the same context is rolled out several times (RLOO)
+    request_id: int = 0  # position in the runner's request list; each request yields exactly one episode
+
+    @property
+    def init_state_index(self) -> int | None:
+        return int(self.init_state) if isinstance(self.init_state, (int, np.integer)) else None
+
+
+@dataclass
+class InferenceRecord:
+    """One policy query: what the policy saw at env step `step`, the chunk it returned, and which of its actions the
+    env executed (the first `replan_steps`, fewer if the episode ended)."""
+
+    step: int
+    observation: dict[str, np.ndarray]
+    chunk: np.ndarray  # [H, action_dim]
+    executed_actions: np.ndarray  # [n, action_dim], n <= replan_steps
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Episode:
+    task_id: int
+    task_name: str
+    instruction: str
+    init_state_index: int | None
+    rollout_index: int
+    success: bool
+    steps: int  # policy steps taken (settle steps not counted)
+    total_reward: float
+    inference: list[InferenceRecord] = field(default_factory=list)
+    frames: list[np.ndarray] | None = None  # agent-view frames of every step, only when videos/frames are asked for
+    worker_restarts: int = 0  # times the worker running this episode died or hung and the episode was run again
+    failure_reason: str | None = None  # set when the episode was ended by a policy error rather than the task
+    hard_reset: bool = True
+    request_id: int = 0
+
+    @property
+    def actions(self) -> np.ndarray:
+        """Every executed action in order, `[steps, action_dim]`."""
+        if not self.inference:
+            return np.zeros((0, 7))
+        return np.concatenate([r.executed_actions for r in self.inference], axis=0)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-safe summary (for results.json)."""
+        return {
+            "task_id": self.task_id,
+            "task_name": self.task_name,
+            "init_state_index": self.init_state_index,
+            "rollout_index": self.rollout_index,
+            "success": bool(self.success),
+            "steps": int(self.steps),
+            "total_reward": float(self.total_reward),
+            "worker_restarts": int(self.worker_restarts),
+            "failure_reason": self.failure_reason,
+        }

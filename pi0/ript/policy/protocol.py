@@ -1,0 +1,37 @@
+"""The policy protocol the runners call: a batch of observations in, a batch of action chunks out.
+
+The runner knows nothing else about a policy. pi0 (`pi0.model.policy.PI0Policy`), the small built-in policy
+(`pi0.ript.policy.small_policy.SmallPolicy`) and test wrappers all implement it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class PolicyOutput:
+    """`actions[b]` is the chunk for sample b, `[B, H, action_dim]` float, ready for the env (unnormalised, absolute).
+    `extras[b]` is anything per-sample the training loop needs later (sampling noise, log-probabilities); the runner
+    stores it untouched in the episode record."""
+
+    actions: np.ndarray
+    extras: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.extras:
+            self.extras = [{} for _ in range(len(self.actions))]
+
+
+@runtime_checkable
+class RolloutPolicy(Protocol):
+    action_dim: int
+    chunk_size: int
+
+    def predict_chunks(
+        self, observations: Sequence[dict[str, np.ndarray]], instructions: Sequence[str]
+    ) -> PolicyOutput:
+        """One chunk per observation. Observations use the keys of `pi0.ript.env.sim.OBS_KEYS`."""
