@@ -1,0 +1,202 @@
+"""The one typed configuration schema. Defaults live here once; YAML files only override them.
+
+`load_config(path, overrides)` merges a YAML file and dotlist overrides (`task.num_parallel_envs=4`) onto the
+structured defaults, so an unknown key or a wrong type is caught by OmegaConf, then checks values. Every problem is
+a `ConfigError` with one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pi0.ript.config.algo_schema import AlgoConfig, TrainConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent
+
+LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+BUILTIN_SUITES = ("reach",)  # the small CPU task of pi0.ript.env.reach_sim
+ALL_SUITES = LIBERO_SUITES + BUILTIN_SUITES
+
+# Policy steps per episode, as in openpi's and RIPT-VLA's LIBERO evaluation (longest demonstration plus margin).
+DEFAULT_MAX_EPISODE_LENGTH = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+    "reach": 40,
+}
+
+
+class ConfigError(ValueError):
+    """A bad configuration value: the message is one line naming the key and what is allowed."""
+
+
+@dataclass
+class FeaturesConfig:
+    use_ript_vla_runner: bool = True  # True: PI0LiberoRunner (parallel workers); False: LIBEROEnvRunner (serial)
+    # Switches of the user's older harness. The parallel runner is always parallel, so with it they change nothing;
+    # with the serial runner they are rejected, since it has no parallel mode (see validate()).
+    enable_parallel_envs: bool = False
+    enable_true_parallel_envs: bool = False
+
+
+@dataclass
+class TaskConfig:
+    benchmark_name: str = "libero_spatial"  # one of ALL_SUITES
+    task_ids: list[int] = field(default_factory=list)  # empty: every task of the suite
+    num_parallel_envs: int = 2  # worker processes of the parallel runner (~1.9 GB RAM each for LIBERO)
+    max_episode_length: Optional[int] = None  # policy steps; None: the suite's default (DEFAULT_MAX_EPISODE_LENGTH)
+    image_size: int = 256  # camera height = width, as openpi's LIBERO setup
+    num_wait_steps: int = 10  # no-op steps after setting the init state, so objects settle (not counted as steps)
+    replan_steps: int = 5  # actions executed from each predicted chunk before the policy is asked again
+    seed: int = 0
+    fast_render: bool = False  # cheaper rendering (no multisampling/reflections); images differ from training
+    render_on_demand: bool = True  # render cameras only on steps whose observation the policy reads
+    fast_reset: bool = True  # reset without rebuilding the simulation when proven equal to a hard reset
+
+
+@dataclass
+class PolicyConfig:
+    checkpoint_path: str = "checkpoints/pi0_libero_pytorch"
+    kind: str = "auto"  # auto: pi0 if checkpoint_path exists, else the small built-in policy; or "pi0" / "small"
+    device: str = "auto"  # auto: cuda if available, else cpu
+    dtype: str = "float32"  # float32 | bfloat16
+
+
+@dataclass
+class EvalConfig:
+    episodes_per_task: int = 10  # init states 0..N-1 (from init_state_offset) of each task
+    init_state_offset: int = 0
+    output_dir: str = "outputs/eval"
+    save_videos: bool = False  # one mp4 per episode (renders every step: slower)
+    video_fps: int = 20
+
+
+@dataclass
+class RunnerConfig:
+    start_method: str = "spawn"  # spawn | forkserver | fork; spawn is the only one safe with EGL and CUDA
+    worker_timeout_s: float = 300.0  # a worker silent this long on one command is treated as hung and replaced
+    max_worker_restarts: int = 3  # consecutive failures of one episode before the run gives up
+    overlap_inference: bool = True  # let other envs step while the model computes chunks for some
+    on_bad_action: str = "raise"  # raise | fail_episode: what a NaN/inf or wrong-shape policy action does
+
+
+@dataclass
+class TestConfig:
+    debug_mode: bool = False  # short runs: one task, few episodes, short horizon (see apply_debug_mode)
+    verbose_logging: bool = False  # DEBUG-level logs
+
+
+@dataclass
+class Config:
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+def _one_line(error: OmegaConfBaseException) -> str:
+    # OmegaConf messages span several lines (full_key, object_type...); the first line plus the key is what users need.
+    key = getattr(error, "full_key", None)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"{key}: {first}" if key and key not in first else first
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Defaults <- YAML file <- dotlist overrides, then validated. Raises ConfigError (one line) on any problem."""
+    cfg = OmegaConf.structured(Config)
+    try:
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file {path} not found: pass an existing YAML, e.g. pi0/ript/config/ript_vla_test.yaml")
+            try:
+                file_cfg = OmegaConf.load(path)
+            except Exception as exc:  # yaml.YAMLError and friends
+                raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            cfg = OmegaConf.merge(cfg, file_cfg)
+        if overrides:
+            for item in overrides:
+                if "=" not in item:
+                    raise ConfigError(f"override {item!r} must look like key=value, e.g. task.num_parallel_envs=4")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    validate(cfg)
+    return cfg
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Value checks that types alone cannot express."""
+    t = cfg.task
+    _require(t.benchmark_name in ALL_SUITES, f"task.benchmark_name={t.benchmark_name!r} is unknown: use one of {', '.join(ALL_SUITES)}")
+    _require(t.num_parallel_envs >= 1, f"task.num_parallel_envs={t.num_parallel_envs} must be >= 1")
+    _require(t.max_episode_length is None or t.max_episode_length >= 1, f"task.max_episode_length={t.max_episode_length} must be >= 1 (or null for the suite default)")
+    _require(t.image_size >= 16, f"task.image_size={t.image_size} must be >= 16 pixels")
+    _require(t.num_wait_steps >= 0, f"task.num_wait_steps={t.num_wait_steps} must be >= 0")
+    _require(t.replan_steps >= 1, f"task.replan_steps={t.replan_steps} must be >= 1")
+    _require(all(i >= 0 for i in t.task_ids), f"task.task_ids={list(t.task_ids)} must be non-negative task indices")
+    _require(cfg.policy.kind in ("auto", "pi0", "small"), f"policy.kind={cfg.policy.kind!r}: use auto, pi0 or small")
+    _require(cfg.policy.dtype in ("float32", "bfloat16"), f"policy.dtype={cfg.policy.dtype!r}: use float32 or bfloat16")
+    _require(cfg.policy.device == "auto" or cfg.policy.device.split(":")[0] in ("cpu", "cuda"), f"policy.device={cfg.policy.device!r}: use auto, cpu, cuda or cuda:N")
+    _require(cfg.eval.episodes_per_task >= 1, f"eval.episodes_per_task={cfg.eval.episodes_per_task} must be >= 1")
+    _require(cfg.eval.init_state_offset >= 0, f"eval.init_state_offset={cfg.eval.init_state_offset} must be >= 0")
+    _require(cfg.eval.video_fps >= 1, f"eval.video_fps={cfg.eval.video_fps} must be >= 1")
+    r = cfg.runner
+    _require(r.start_method in ("spawn", "forkserver", "fork"), f"runner.start_method={r.start_method!r}: use spawn, forkserver or fork")
+    _require(r.worker_timeout_s > 0, f"runner.worker_timeout_s={r.worker_timeout_s} must be > 0 seconds")
+    _require(r.max_worker_restarts >= 0, f"runner.max_worker_restarts={r.max_worker_restarts} must be >= 0")
+    _require(r.on_bad_action in ("raise", "fail_episode"), f"runner.on_bad_action={r.on_bad_action!r}: use raise or fail_episode")
+    f = cfg.features
+    if not f.use_ript_vla_runner and (f.enable_parallel_envs or f.enable_true_parallel_envs):
+        raise ConfigError(
+            "features.enable_parallel_envs / enable_true_parallel_envs: the serial LIBEROEnvRunner runs one env; "
+            "set features.use_ript_vla_runner: true for parallel envs"
+        )
+    validate_algo = getattr(AlgoConfig, "validate", None)
+    if validate_algo is not None:
+        try:
+            validate_algo(cfg)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def apply_debug_mode(cfg: DictConfig) -> DictConfig:
+    """`test.debug_mode: true` turns any run into a quick check: the first task only, at most 2 episodes, at most
+    30 policy steps, DEBUG logs. Returns a new config; the input is unchanged."""
+    if not cfg.test.debug_mode:
+        return cfg
+    cfg = cfg.copy()
+    cfg.task.task_ids = [cfg.task.task_ids[0] if len(cfg.task.task_ids) else 0]
+    cfg.eval.episodes_per_task = min(cfg.eval.episodes_per_task, 2)
+    cfg.task.max_episode_length = min(max_episode_length(cfg), 30)
+    cfg.test.verbose_logging = True
+    return cfg
+
+
+def max_episode_length(cfg: DictConfig) -> int:
+    value = cfg.task.max_episode_length
+    return int(value) if value is not None else DEFAULT_MAX_EPISODE_LENGTH[cfg.task.benchmark_name]
+
+
+def default_config() -> DictConfig:
+    return OmegaConf.structured(Config)
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,36 @@
+"""Rollout runners for LIBERO (and the built-in reach task). `create_env_runner` picks one from the config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+
+def create_env_runner(config: DictConfig, policy: Any, rank: int = 0, world_size: int = 1):
+    """`features.use_ript_vla_runner: true` -> PI0LiberoRunner (parallel workers), else LIBEROEnvRunner (serial).
+    Tasks are sharded over ranks round-robin."""
+    use_ript_vla = bool(getattr(getattr(config, "features", None), "use_ript_vla_runner", False))
+    if use_ript_vla:
+        from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner
+
+        return PI0LiberoRunner(
+            policy=policy,
+            benchmark_name=config.task.benchmark_name,
+            rollouts_per_env=config.algo.rollouts_per_env,
+            num_parallel_envs=config.task.num_parallel_envs,
+            rank=rank,
+            config=config,
+            world_size=world_size,
+        )
+    from pi0.ript.env.pi0_libero_runner import LIBEROEnvRunner
+
+    return LIBEROEnvRunner(
+        policy=policy,
+        benchmark_name=config.task.benchmark_name,
+        rollouts_per_env=config.algo.rollouts_per_env,
+        num_parallel_envs=config.task.num_parallel_envs,
+        config=config,
+        rank=rank,
+        world_size=world_size,
+    )

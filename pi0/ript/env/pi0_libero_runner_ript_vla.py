@@ -1,0 +1,194 @@
+"""`PI0LiberoRunner`: envs in worker processes, one policy in this process, a per-env action queue.
+
+The loop is event driven. Each worker runs one episode at a time; when it answers a step, its env either takes the
+next action from its own queue at once, or joins the set of envs waiting for the policy. Those are batched into one
+`predict_chunks` call. With `runner.overlap_inference` (default) the policy runs as soon as any env waits, so the
+other workers keep simulating while the model computes; without it the policy waits until no worker is mid-step
+(lock-step batches). A finished env takes the next pending episode, preferring one of the task it already has loaded
+(its simulation can then be reset without a rebuild).
+
+Workers that die or hang are replaced, and their episode is run again from its init state, so every request yields
+exactly one episode. Ctrl-C or an error closes every worker: no process is left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from multiprocessing.connection import wait
+from typing import Iterable, Iterator
+
+from pi0.ript.env.episode import Episode, EpisodeRequest
+from pi0.ript.env.rollout import EpisodeInProgress
+from pi0.ript.env.runner_base import RunnerBase
+from pi0.ript.env.worker import RESET, STEP, EnvWorker, WorkerDied
+
+log = logging.getLogger(__name__)
+
+
+class WorkerFailuresExhausted(RuntimeError):
+    """One episode kept killing its worker: give up instead of looping."""
+
+
+class _Slot:
+    """What the runner knows about one worker: its episode, its phase, and the task its simulation holds."""
+
+    def __init__(self, worker: EnvWorker):
+        self.worker = worker
+        self.request: EpisodeRequest | None = None
+        self.failures = 0  # consecutive failures of the current request
+        self.episode: EpisodeInProgress | None = None
+        self.loaded_task: int | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.worker.pending is not None
+
+
+class PI0LiberoRunner(RunnerBase):
+    def __init__(self, policy, benchmark_name=None, rollouts_per_env=None, num_parallel_envs=None, rank=0,
+                 config=None, world_size=1, env_spec=None):
+        super().__init__(policy, benchmark_name, rollouts_per_env, num_parallel_envs, config, rank, world_size, env_spec)
+        self.start_method = self.cfg.runner.start_method
+        self.worker_timeout_s = float(self.cfg.runner.worker_timeout_s)
+        self.max_worker_restarts = int(self.cfg.runner.max_worker_restarts)
+        self.overlap_inference = bool(self.cfg.runner.overlap_inference)
+        self._slots: list[_Slot] = []
+
+    # --- workers ----------------------------------------------------------------------------------------------
+    def start_workers(self) -> list[EnvWorker]:
+        """Start the worker processes (idempotent). Only the env spec, plain data, is sent to them."""
+        while len(self._slots) < self.num_parallel_envs:
+            self._slots.append(_Slot(EnvWorker(len(self._slots), self.env_spec, self.start_method)))
+        return [slot.worker for slot in self._slots]
+
+    def create_env(self, env_name=None):
+        self.start_workers()
+        return self
+
+    def worker_pids(self) -> list[int]:
+        return [slot.worker.process.pid for slot in self._slots]
+
+    def _replace_worker(self, slot: _Slot, reason: str) -> None:
+        index = slot.worker.index
+        log.warning("worker %d replaced: %s", index, reason)
+        slot.worker.kill()
+        slot.worker.conn.close()
+        slot.worker = EnvWorker(index, self.env_spec, self.start_method)
+        slot.loaded_task = None
+        self.stats.worker_restarts += 1
+
+    def close(self) -> None:
+        for slot in self._slots:
+            slot.worker.close()
+        self._slots = []
+
+    # --- the loop -------------------------------------------------------------------------------------------
+    def run_episodes(self, requests: Iterable[EpisodeRequest], want_frames: bool = False) -> Iterator[Episode]:
+        pending = deque(self._numbered(requests))
+        self.start_workers()
+        finished_cleanly = False
+        try:
+            for slot in self._slots:
+                self._assign(slot, pending)
+            while pending or any(slot.request is not None for slot in self._slots):
+                for episode in self._collect_replies(pending, want_frames):
+                    yield episode
+                waiting = [s for s in self._slots if s.episode is not None and not s.busy and s.episode.needs_inference()]
+                mid_step = any(s.busy for s in self._slots)
+                if waiting and (self.overlap_inference or not mid_step):
+                    self._infer([s.episode for s in waiting])
+                    for slot in waiting:
+                        episode = self._advance(slot, pending, want_frames)
+                        if episode is not None:
+                            yield episode
+            finished_cleanly = True
+        finally:
+            if not finished_cleanly:
+                # Interrupted (Ctrl-C, an error, or the consumer stopped early): workers may be mid-command, and a
+                # half-run episode must not leak into the next call. Stop them all; the next call starts fresh ones.
+                self.close()
+
+    def _assign(self, slot: _Slot, pending: deque) -> None:
+        """Give an idle worker the next episode, preferring one of the task its simulation already holds."""
+        slot.request, slot.episode = None, None
+        if not pending:
+            return
+        match = next((r for r in pending if r.task_id == slot.loaded_task), pending[0])
+        pending.remove(match)
+        slot.request, slot.failures = match, 0
+        self._send_reset(slot)
+
+    def _send_reset(self, slot: _Slot) -> None:
+        if slot.worker.pending == "start":
+            return  # the reset goes out when the worker reports it has started (see _on_reply)
+        self._send(slot, RESET, {"task_id": slot.request.task_id, "init_state": slot.request.init_state})
+
+    def _send(self, slot: _Slot, command: str, data) -> None:
+        try:
+            slot.worker.send(command, data)
+        except WorkerDied as exc:
+            self._retry(slot, str(exc))
+
+    def _collect_replies(self, pending: deque, want_frames: bool) -> Iterator[Episode]:
+        busy = [s for s in self._slots if s.busy]
+        if not busy:
+            return
+        started = time.perf_counter()
+        timeout = max(0.0, min(self.worker_timeout_s - s.worker.seconds_in_flight() for s in busy))
+        ready = wait([s.worker.conn for s in busy], timeout=timeout)
+        self.stats.seconds["waiting_on_workers"] += time.perf_counter() - started
+        for slot in busy:
+            if slot.worker.conn in ready:
+                command = slot.worker.pending
+                try:
+                    reply = slot.worker.receive()
+                except WorkerDied as exc:
+                    self._retry(slot, str(exc))
+                    continue
+                episode = self._on_reply(slot, command, reply, pending, want_frames)
+                if episode is not None:
+                    yield episode
+            elif slot.worker.seconds_in_flight() >= self.worker_timeout_s:
+                self._retry(slot, f"no answer to {slot.worker.pending!r} within {self.worker_timeout_s:.0f} s (runner.worker_timeout_s)")
+
+    def _on_reply(self, slot: _Slot, command: str, reply, pending: deque, want_frames: bool) -> Episode | None:
+        if command == "start":  # the worker is up: the episode it was given can begin
+            if slot.request is not None:
+                self._send_reset(slot)
+            return None
+        if command == RESET:
+            slot.loaded_task = slot.request.task_id
+            slot.episode = self._new_episode(slot.request, reply, want_frames, slot.failures, f"worker {slot.worker.index}")
+        else:
+            slot.episode.record_step(reply)
+            self.stats.env_steps += 1
+        return self._advance(slot, pending, want_frames)
+
+    def _advance(self, slot: _Slot, pending: deque, want_frames: bool) -> Episode | None:
+        """Send the next action if the queue has one; finish the episode if it is over; else leave it waiting."""
+        episode = slot.episode
+        if episode.done:
+            self.stats.episodes += 1
+            finished = episode.finish()
+            self._assign(slot, pending)
+            return finished
+        if not episode.needs_inference():
+            action, want_observation = episode.next_action()
+            self._send(slot, STEP, (action, want_observation))
+        return None
+
+    def _retry(self, slot: _Slot, reason: str) -> None:
+        """Replace the worker and run its episode again from the init state, up to max_worker_restarts times."""
+        request = slot.request
+        self._replace_worker(slot, reason)
+        if request is None:
+            return
+        slot.failures += 1
+        if slot.failures > self.max_worker_restarts:
+            raise WorkerFailuresExhausted(
+                f"task {request.task_id}, init state {request.init_state_index}: worker {slot.worker.index} failed "
+                f"{slot.failures} times in a row ({reason}); raise runner.max_worker_restarts or check the env"
+            )
+        slot.episode = None  # the reset is sent again when the new worker reports it has started
