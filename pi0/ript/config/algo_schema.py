@@ -1,0 +1,89 @@
+"""The `algo` and `train` sections of the run config: every RIPT hyper-parameter, each with a one-line comment.
+
+Imported by `pi0.ript.config.schema` into the one structured config; `AlgoConfig.validate(cfg)` checks values (one-line
+`ValueError` naming the key and what is allowed), and is called from the schema's `validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+OPTIMIZERS = ("ppo", "cfg")
+REWARDS = ("success", "total_reward")
+
+
+@dataclass
+class AlgoConfig:
+    optimizer: str = "ppo"  # ppo: clipped PPO on flow-SDE chunk log-probs | cfg: advantage-conditioned flow matching
+    rollouts_per_env: int = 8  # K: rollouts per context (task, init state), the RLOO group size
+    num_contexts: int = 8  # contexts kept per iteration over all ranks (each rank keeps num_contexts / world_size)
+    reward: str = "success"  # success: 1 if the episode succeeded else 0 | total_reward: the env's summed reward
+    dynamic_sampling: bool = True  # drop contexts whose K rewards all agree (no signal) and draw replacements
+    max_sampling_rounds: int = 3  # bound on draw rounds per iteration, so sampling ends even if all succeed/fail
+    success_memory_size: int = 0  # remember this many recent all-success contexts and skip them (0: off)
+    num_denoise_steps: int = 10  # Euler steps of the flow sampler at rollout and when scoring chains
+    noise_scale: float = 0.3  # sigma of the noise injected per Euler step (normalised action units, x sqrt|dt|)
+    learn_noise_scale: bool = False  # learn log(sigma) per action dim with the policy (pi_RL flow-noise) or keep fixed
+    logprob_action_dims: int = 7  # leading action dims sampled stochastically and scored (the env's action dims)
+    clip_eps: float = 0.2  # PPO ratio clip epsilon
+    update_epochs: int = 2  # passes over the iteration's samples
+    num_minibatches: int = 4  # minibatches per epoch (per rank; every rank takes the same number of steps)
+    grad_accum_steps: int = 1  # minibatches accumulated per optimizer step
+    max_grad_norm: float = 1.0  # global gradient-norm clip (<= 0: off)
+    kl_coef: float = 0.0  # weight of the KL penalty to the starting policy (> 0 keeps a frozen reference copy)
+    normalize_advantages: bool = False  # divide advantages by their std over the iteration (RLOO needs no centring)
+    cfg_condition_dropout: float = 0.1  # cfg: probability of training a sample with the null condition
+    cfg_guidance_weight: float = 1.5  # cfg: w in v_null + w (v_positive - v_null) when sampling rollouts and evals
+    cfg_rollout_noise: bool = True  # cfg: also inject flow-SDE noise at rollout time for exploration
+
+    @staticmethod
+    def validate(cfg: Any) -> None:
+        a, t = cfg.algo, cfg.train
+        _require(a.optimizer in OPTIMIZERS, f"algo.optimizer={a.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        _require(a.reward in REWARDS, f"algo.reward={a.reward!r}: use one of {', '.join(REWARDS)}")
+        _require(a.rollouts_per_env >= 2, f"algo.rollouts_per_env={a.rollouts_per_env} must be >= 2 (leave-one-out)")
+        _require(a.num_contexts >= 1, f"algo.num_contexts={a.num_contexts} must be >= 1")
+        _require(a.max_sampling_rounds >= 1, f"algo.max_sampling_rounds={a.max_sampling_rounds} must be >= 1")
+        _require(a.success_memory_size >= 0, f"algo.success_memory_size={a.success_memory_size} must be >= 0")
+        _require(a.num_denoise_steps >= 1, f"algo.num_denoise_steps={a.num_denoise_steps} must be >= 1")
+        _require(a.noise_scale > 0, f"algo.noise_scale={a.noise_scale} must be > 0")
+        _require(a.logprob_action_dims >= 1, f"algo.logprob_action_dims={a.logprob_action_dims} must be >= 1")
+        _require(0 < a.clip_eps < 1, f"algo.clip_eps={a.clip_eps} must be in (0, 1)")
+        _require(a.update_epochs >= 1, f"algo.update_epochs={a.update_epochs} must be >= 1")
+        _require(a.num_minibatches >= 1, f"algo.num_minibatches={a.num_minibatches} must be >= 1")
+        _require(a.grad_accum_steps >= 1, f"algo.grad_accum_steps={a.grad_accum_steps} must be >= 1")
+        _require(a.kl_coef >= 0, f"algo.kl_coef={a.kl_coef} must be >= 0")
+        _require(0 <= a.cfg_condition_dropout < 1, f"algo.cfg_condition_dropout={a.cfg_condition_dropout} must be in [0, 1)")
+        _require(a.cfg_guidance_weight >= 0, f"algo.cfg_guidance_weight={a.cfg_guidance_weight} must be >= 0")
+        _require(t.num_iterations >= 0, f"train.num_iterations={t.num_iterations} must be >= 0")
+        _require(t.learning_rate > 0, f"train.learning_rate={t.learning_rate} must be > 0")
+        _require(t.warmup_steps >= 0, f"train.warmup_steps={t.warmup_steps} must be >= 0")
+        _require(t.eval_every >= 0, f"train.eval_every={t.eval_every} must be >= 0 (0: no evaluation during training)")
+        _require(t.eval_episodes_per_task >= 1, f"train.eval_episodes_per_task={t.eval_episodes_per_task} must be >= 1")
+        _require(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every} must be >= 0 (0: only at the end)")
+        _require(t.dist_backend in ("auto", "gloo", "nccl"), f"train.dist_backend={t.dist_backend!r}: use auto, gloo or nccl")
+
+
+@dataclass
+class TrainConfig:
+    num_iterations: int = 10  # RIPT iterations (rollouts -> advantages -> updates)
+    learning_rate: float = 1e-5  # AdamW peak learning rate
+    warmup_steps: int = 0  # optimizer steps of linear warm-up from 0 to learning_rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    adam_eps: float = 1e-8  # AdamW epsilon
+    expert_only: bool = False  # train only the action expert (+ RL heads); vision and language frozen, less memory
+    eval_every: int = 0  # evaluate every N iterations through the runner (0: never during training)
+    eval_at_start: bool = False  # also evaluate before the first update (the "before" number)
+    eval_episodes_per_task: int = 10  # eval init states 0..N-1 of each task in task.task_ids
+    eval_seed: int = 12345  # sampling seed for evaluation, so evals differ only by the weights
+    checkpoint_every: int = 1  # write the resumable checkpoint every N iterations (0: only at the end)
+    output_dir: str = "runs/ript"  # metrics.jsonl, TensorBoard events, checkpoint/ and success.png go here
+    seed: int = 0  # seeds torch, numpy and the context sampler (each rank adds its rank)
+    dist_backend: str = "auto"  # torch.distributed backend under torchrun: auto (nccl on GPUs, else gloo) | gloo | nccl
+    progress: bool = True  # tqdm progress bars on the console (rank 0)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
