@@ -1,0 +1,241 @@
+"""PI0Policy: the runner's `RolloutPolicy` for pi0 — input transforms -> model sampling -> output transforms.
+
+Batched over any batch size. What RL needs is exposed: `prepare_batch` (tensors), the sampling noise (passed in, or
+drawn from the policy's seeded generator and returned in `extras`), optionally every intermediate x_t of the Euler
+integration (`record_trajectory`), `normalize_actions` (env chunk -> model space) and the model's
+`flow_matching_loss`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from pi0.ript.policy.protocol import PolicyOutput
+
+from .checkpoint import CONFIG_NAME, load_model, save_weights
+from .config import PI0Config
+from .modeling import PI0Model
+from .normalization import NormStats, identity_stats, load_norm_stats, save_norm_stats
+from .tokenizer import PromptTokenizer, build_word_tokenizer
+from .transforms import IMAGE_SLOTS, libero_action_targets, libero_input_transforms, libero_output_transforms
+
+log = logging.getLogger(__name__)
+
+
+def auto_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@dataclass
+class ModelInputs:
+    """One batch in model space. images/image_masks: one entry per slot (base, left wrist, right wrist)."""
+
+    images: list[torch.Tensor]  # [B, 3, S, S] float in [-1, 1]
+    image_masks: list[torch.Tensor]  # [B] bool
+    tokens: torch.Tensor  # [B, L] int64
+    token_masks: torch.Tensor  # [B, L] bool
+    state: torch.Tensor  # [B, 32] normalised, padded
+    raw_state: torch.Tensor  # [B, 8] float64, as the env reported it (for the delta-action add-back)
+
+    @property
+    def batch_size(self) -> int:
+        return self.state.shape[0]
+
+    def to(self, device: torch.device | str) -> "ModelInputs":
+        return ModelInputs(
+            images=[i.to(device) for i in self.images],
+            image_masks=[m.to(device) for m in self.image_masks],
+            tokens=self.tokens.to(device),
+            token_masks=self.token_masks.to(device),
+            state=self.state.to(device),
+            raw_state=self.raw_state.to(device),
+        )
+
+    def index_select(self, index: torch.Tensor) -> "ModelInputs":
+        def sel(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, index.to(t.device))
+
+        return ModelInputs(
+            images=[sel(i) for i in self.images],
+            image_masks=[sel(m) for m in self.image_masks],
+            tokens=sel(self.tokens),
+            token_masks=sel(self.token_masks),
+            state=sel(self.state),
+            raw_state=sel(self.raw_state),
+        )
+
+    def model_args(self) -> tuple:
+        return self.images, self.image_masks, self.tokens, self.token_masks, self.state
+
+
+class PI0Policy:
+    def __init__(
+        self,
+        model: PI0Model,
+        tokenizer: PromptTokenizer,
+        norm_stats: Mapping[str, NormStats],
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        seed: int | None = None,
+        num_steps: int | None = None,
+        record_trajectory: bool = False,
+    ):
+        self.config: PI0Config = model.config
+        self.device = torch.device(device) if device is not None else auto_device()
+        self.dtype = dtype
+        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.tokenizer = tokenizer
+        self.norm_stats = dict(norm_stats)
+        self.num_steps = num_steps or self.config.num_inference_steps
+        self.record_trajectory = record_trajectory
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
+        c = self.config
+        if tokenizer.vocab_size > c.vocab_size:
+            raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model embeds {c.vocab_size}; use its own tokenizer")
+        self._inputs = libero_input_transforms(
+            tokenizer, self.norm_stats, c.image_size, c.max_state_dim, c.max_token_len, c.norm_mode
+        )
+        self._outputs = libero_output_transforms(self.norm_stats, c.delta_action_dims, c.env_action_dim, c.norm_mode)
+        self._targets = libero_action_targets(self.norm_stats, c.delta_action_dims, c.max_action_dim, c.norm_mode)
+
+    # ---- protocol ----
+    @property
+    def chunk_size(self) -> int:
+        return self.config.chunk_size
+
+    @property
+    def action_dim(self) -> int:
+        return self.config.env_action_dim
+
+    # ---- construction / IO ----
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        **kwargs,
+    ) -> "PI0Policy":
+        """Directory with model.safetensors (or sharded index), config.json, norm_stats.json, tokenizer."""
+        d = Path(directory)
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: checkpoint directory not found; convert a pi0 checkpoint to PyTorch first")
+        dev = torch.device(device) if device is not None else auto_device()
+        model = load_model(d, device=dev, dtype=dtype)
+        return cls(model, PromptTokenizer.from_dir(d), load_norm_stats(d), device=dev, dtype=dtype, **kwargs)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_weights(self.model, d)
+        self.config.save(d / CONFIG_NAME)
+        save_norm_stats(self.norm_stats, d)
+        self.tokenizer.save(d)
+        return d
+
+    # ---- data path ----
+    def prepare_batch(
+        self, observations: Sequence[Mapping[str, np.ndarray]], instructions: Sequence[str]
+    ) -> ModelInputs:
+        if len(observations) != len(instructions):
+            raise ValueError(f"{len(observations)} observations but {len(instructions)} instructions")
+        if not observations:
+            raise ValueError("prepare_batch needs at least one observation")
+        samples = [self._inputs({"observation": o, "prompt": p}) for o, p in zip(observations, instructions)]
+        dev, dt = self.device, self.dtype
+
+        def stack(key: str, slot: str | None = None) -> np.ndarray:
+            return np.stack([s[key][slot] if slot else s[key] for s in samples])
+
+        return ModelInputs(
+            images=[torch.from_numpy(stack("images", k)).to(dev, dt) for k in IMAGE_SLOTS],
+            image_masks=[torch.from_numpy(stack("image_masks", k)).to(dev) for k in IMAGE_SLOTS],
+            tokens=torch.from_numpy(stack("tokens")).to(dev),
+            token_masks=torch.from_numpy(stack("token_mask")).to(dev),
+            state=torch.from_numpy(stack("state")).to(dev, torch.float32),
+            raw_state=torch.from_numpy(stack("raw_state")).to(dev),
+        )
+
+    def postprocess(self, normalised_chunk: torch.Tensor | np.ndarray, raw_states: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Model-space chunk [B, H, 32] -> env actions [B, H, 7] (unnormalise, add state to delta dims, keep 7)."""
+        a = normalised_chunk.detach().float().cpu().numpy() if torch.is_tensor(normalised_chunk) else normalised_chunk
+        s = raw_states.detach().cpu().numpy() if torch.is_tensor(raw_states) else raw_states
+        return self._outputs({"actions": a, "state": s})["actions"]
+
+    def normalize_actions(self, env_actions: torch.Tensor | np.ndarray, raw_states: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Env actions [B, H, 7] -> model-space training targets [B, H, 32] (float32, on the policy's device)."""
+        a = env_actions.detach().cpu().numpy() if torch.is_tensor(env_actions) else env_actions
+        s = raw_states.detach().cpu().numpy() if torch.is_tensor(raw_states) else raw_states
+        out = self._targets({"actions": a, "state": s})["actions"]
+        return torch.as_tensor(out, dtype=torch.float32, device=self.device)
+
+    # ---- sampling ----
+    def sample(
+        self, inputs: ModelInputs, noise: torch.Tensor | None = None, return_trajectory: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """-> (normalised chunk [B, H, 32], the noise used, trajectory [B, N+1, H, 32] or None)."""
+        if noise is None:
+            noise = self.model.sample_noise(inputs.batch_size, self.generator)
+        noise = noise.to(self.device, torch.float32)
+        with torch.inference_mode():
+            out = self.model.sample_actions(
+                *inputs.model_args(), noise=noise, num_steps=self.num_steps, return_trajectory=return_trajectory
+            )
+        chunk, traj = out if return_trajectory else (out, None)
+        return chunk, noise, traj
+
+    def predict_chunks(
+        self,
+        observations: Sequence[Mapping[str, np.ndarray]],
+        instructions: Sequence[str],
+        noise: torch.Tensor | None = None,
+    ) -> PolicyOutput:
+        inputs = self.prepare_batch(observations, instructions)
+        chunk, used_noise, traj = self.sample(inputs, noise, return_trajectory=self.record_trajectory)
+        actions = self.postprocess(chunk, inputs.raw_state)
+        noise_np = used_noise.cpu().numpy()
+        chunk_np = chunk.float().cpu().numpy()
+        extras = []
+        for b in range(len(actions)):
+            e = {"noise": noise_np[b], "model_actions": chunk_np[b], "raw_state": inputs.raw_state[b].cpu().numpy()}
+            if traj is not None:
+                e["trajectory"] = traj[b].float().cpu().numpy()
+            extras.append(e)
+        return PolicyOutput(actions=actions, extras=extras)
+
+    def flow_matching_loss(
+        self, inputs: ModelInputs, normalised_actions: torch.Tensor, noise=None, time=None, action_token_bias=None
+    ) -> torch.Tensor:
+        return self.model.flow_matching_loss(
+            *inputs.model_args(), normalised_actions, noise=noise, time=time, action_token_bias=action_token_bias
+        )
+
+
+def make_tiny_policy(
+    instructions: Sequence[str],
+    norm_stats: Mapping[str, NormStats] | None = None,
+    seed: int = 0,
+    image_size: int = 112,
+    device: torch.device | str | None = "cpu",
+    dtype: torch.dtype = torch.float32,
+    **config_overrides,
+) -> PI0Policy:
+    """A random-weight tiny pi0 with a word-level tokenizer built from `instructions` (tests, CPU demos)."""
+    tok = build_word_tokenizer(instructions)
+    cfg = PI0Config.tiny(image_size=image_size, vocab_size=max(tok.vocab_size, 8), **config_overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = PI0Model(cfg)
+    return PI0Policy(model, tok, norm_stats or identity_stats(), device=device, dtype=dtype, seed=seed)
+
+
+__all__ = ["ModelInputs", "PI0Policy", "make_tiny_policy", "auto_device"]

@@ -1,0 +1,252 @@
+"""LIBERO <-> pi0 conversion as small frozen-dataclass transforms (openpi's `pi0_libero` pipeline), each one step.
+
+Inputs, one observation at a time (data is a dict):
+  LiberoInputs -> Rotate180 -> ResizeWithPad(size) -> ImagesToModel -> Normalize("state") -> PadState(32)
+  -> TokenizePrompt(tokenizer, 48)
+Outputs, batched ([B, H, D] actions, [B, S] raw state):
+  Unnormalize("actions") -> AbsoluteActions(delta dims) -> KeepActionDims(7)
+and the inverse of the outputs, for training targets:
+  DeltaActions(delta dims) -> Normalize("actions") -> PadActions(32)
+
+The model knows nothing of LIBERO; only LiberoInputs reads env keys (those of `pi0.ript.env.sim.OBS_KEYS`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .normalization import NormStats, normalize, unnormalize
+from .tokenizer import PromptTokenizer
+
+Data = dict[str, Any]
+Transform = Callable[[Data], Data]
+
+# Model image slots in pi0's order; the third is unused by LIBERO (zero image, masked out).
+IMAGE_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+STATE_DIM = 8  # eef_pos (3) + axis-angle (3) + gripper_qpos (2)
+
+
+def compose(transforms: Sequence[Transform]) -> Transform:
+    def run(data: Data) -> Data:
+        for t in transforms:
+            data = t(data)
+        return data
+
+    return run
+
+
+def quat_xyzw_to_axis_angle(quat: np.ndarray) -> np.ndarray:
+    """robosuite's quat2axisangle (the one openpi's LIBERO client uses): (x, y, z, w) -> rotation vector."""
+    q = np.asarray(quat, dtype=np.float64).copy()
+    q[3] = min(max(q[3], -1.0), 1.0)
+    den = math.sqrt(1.0 - q[3] * q[3])
+    if math.isclose(den, 0.0):
+        return np.zeros(3)
+    return q[:3] * 2.0 * math.acos(q[3]) / den
+
+
+def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """openpi client's resize: aspect kept, PIL bilinear, centred on a black canvas; uint8 [H, W, 3] in and out."""
+    cur_h, cur_w = image.shape[:2]
+    if (cur_h, cur_w) == (height, width):
+        return image
+    ratio = max(cur_w / width, cur_h / height)
+    new_h, new_w = int(cur_h / ratio), int(cur_w / ratio)
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), resample=Image.BILINEAR)
+    canvas = Image.new(resized.mode, (width, height), 0)
+    canvas.paste(resized, (max(0, int((width - new_w) / 2)), max(0, int((height - new_h) / 2))))
+    return np.asarray(canvas)
+
+
+@dataclass(frozen=True)
+class LiberoInputs:
+    """Env observation + instruction -> model slots: agent view -> base, wrist -> left wrist, right wrist = zeros
+    (masked); state = eef_pos + axis-angle(eef_quat) + gripper_qpos."""
+
+    def __call__(self, data: Data) -> Data:
+        obs = data["observation"]
+        for key in ("agentview_image", "wrist_image", "eef_pos", "eef_quat", "gripper_qpos"):
+            if key not in obs:
+                raise KeyError(f"observation key '{key}' missing (have {sorted(obs)}); the env must emit sim.OBS_KEYS")
+        base = np.asarray(obs["agentview_image"], dtype=np.uint8)
+        state = np.concatenate(
+            [
+                np.asarray(obs["eef_pos"], dtype=np.float64),
+                quat_xyzw_to_axis_angle(obs["eef_quat"]),
+                np.asarray(obs["gripper_qpos"], dtype=np.float64),
+            ]
+        )
+        return {
+            "images": {
+                IMAGE_SLOTS[0]: base,
+                IMAGE_SLOTS[1]: np.asarray(obs["wrist_image"], dtype=np.uint8),
+                IMAGE_SLOTS[2]: np.zeros_like(base),
+            },
+            "image_masks": {IMAGE_SLOTS[0]: True, IMAGE_SLOTS[1]: True, IMAGE_SLOTS[2]: False},
+            "state": state,
+            "raw_state": state.copy(),
+            "prompt": data["prompt"],
+        }
+
+
+@dataclass(frozen=True)
+class Rotate180:
+    """LIBERO renders upside down and mirrored relative to the training data: img[::-1, ::-1]."""
+
+    def __call__(self, data: Data) -> Data:
+        imgs = {k: np.ascontiguousarray(v[::-1, ::-1]) for k, v in data["images"].items()}
+        return {**data, "images": imgs}
+
+
+@dataclass(frozen=True)
+class ResizeWithPad:
+    size: int = 224
+
+    def __call__(self, data: Data) -> Data:
+        imgs = {k: resize_with_pad(v, self.size, self.size) for k, v in data["images"].items()}
+        return {**data, "images": imgs}
+
+
+@dataclass(frozen=True)
+class ImagesToModel:
+    """uint8 [H, W, 3] -> float32 [3, H, W] in [-1, 1]."""
+
+    def __call__(self, data: Data) -> Data:
+        imgs = {
+            k: (np.asarray(v, dtype=np.float32) / 255.0 * 2.0 - 1.0).transpose(2, 0, 1).copy()
+            for k, v in data["images"].items()
+        }
+        return {**data, "images": imgs}
+
+
+@dataclass(frozen=True)
+class Normalize:
+    key: str
+    stats: Mapping[str, NormStats]
+    mode: str = "mean_std"
+
+    def __call__(self, data: Data) -> Data:
+        if self.key not in self.stats:
+            raise KeyError(f"norm_stats has no '{self.key}' entry (have {sorted(self.stats)}); fix norm_stats.json")
+        return {**data, self.key: normalize(data[self.key], self.stats[self.key], self.mode, self.key)}
+
+
+@dataclass(frozen=True)
+class Unnormalize:
+    key: str
+    stats: Mapping[str, NormStats]
+    mode: str = "mean_std"
+
+    def __call__(self, data: Data) -> Data:
+        if self.key not in self.stats:
+            raise KeyError(f"norm_stats has no '{self.key}' entry (have {sorted(self.stats)}); fix norm_stats.json")
+        return {**data, self.key: unnormalize(data[self.key], self.stats[self.key], self.mode, self.key)}
+
+
+def _pad_last(x: np.ndarray, dim: int, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.shape[-1] > dim:
+        raise ValueError(f"{what} has {x.shape[-1]} dims, more than the model's {dim}; raise max_{what}_dim")
+    pad = [(0, 0)] * (x.ndim - 1) + [(0, dim - x.shape[-1])]
+    return np.pad(x, pad)
+
+
+@dataclass(frozen=True)
+class PadState:
+    dim: int = 32
+
+    def __call__(self, data: Data) -> Data:
+        return {**data, "state": _pad_last(data["state"], self.dim, "state")}
+
+
+@dataclass(frozen=True)
+class PadActions:
+    dim: int = 32
+
+    def __call__(self, data: Data) -> Data:
+        return {**data, "actions": _pad_last(data["actions"], self.dim, "action")}
+
+
+@dataclass(frozen=True)
+class TokenizePrompt:
+    tokenizer: PromptTokenizer
+    max_len: int = 48
+
+    def __call__(self, data: Data) -> Data:
+        ids, mask = self.tokenizer.tokenize([data["prompt"]], self.max_len)
+        return {**data, "tokens": ids[0], "token_mask": mask[0]}
+
+
+@dataclass(frozen=True)
+class AbsoluteActions:
+    """Add the state back to the action dims the checkpoint predicts as deltas: actions [..., H, D], state [..., S]."""
+
+    dims: tuple[int, ...]
+
+    def __call__(self, data: Data) -> Data:
+        a = np.array(data["actions"], dtype=np.float64)
+        if self.dims:
+            idx = list(self.dims)
+            a[..., idx] += np.asarray(data["state"], dtype=np.float64)[..., None, idx]
+        return {**data, "actions": a}
+
+
+@dataclass(frozen=True)
+class DeltaActions:
+    """Inverse of AbsoluteActions (for training targets)."""
+
+    dims: tuple[int, ...]
+
+    def __call__(self, data: Data) -> Data:
+        a = np.array(data["actions"], dtype=np.float64)
+        if self.dims:
+            idx = list(self.dims)
+            a[..., idx] -= np.asarray(data["state"], dtype=np.float64)[..., None, idx]
+        return {**data, "actions": a}
+
+
+@dataclass(frozen=True)
+class KeepActionDims:
+    dim: int = 7
+
+    def __call__(self, data: Data) -> Data:
+        return {**data, "actions": np.asarray(data["actions"])[..., : self.dim]}
+
+
+def libero_input_transforms(
+    tokenizer: PromptTokenizer,
+    stats: Mapping[str, NormStats],
+    image_size: int,
+    state_dim: int = 32,
+    max_token_len: int = 48,
+    mode: str = "mean_std",
+) -> Transform:
+    return compose(
+        [
+            LiberoInputs(),
+            Rotate180(),
+            ResizeWithPad(image_size),
+            ImagesToModel(),
+            Normalize("state", stats, mode),
+            PadState(state_dim),
+            TokenizePrompt(tokenizer, max_token_len),
+        ]
+    )
+
+
+def libero_output_transforms(
+    stats: Mapping[str, NormStats], delta_dims: tuple[int, ...], env_action_dim: int = 7, mode: str = "mean_std"
+) -> Transform:
+    return compose([Unnormalize("actions", stats, mode), AbsoluteActions(delta_dims), KeepActionDims(env_action_dim)])
+
+
+def libero_action_targets(
+    stats: Mapping[str, NormStats], delta_dims: tuple[int, ...], action_dim: int = 32, mode: str = "mean_std"
+) -> Transform:
+    """Env actions [B, H, 7] + raw state -> normalised, padded model actions [B, H, 32]."""
+    return compose([DeltaActions(delta_dims), Normalize("actions", stats, mode), PadActions(action_dim)])
