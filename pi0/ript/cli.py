@@ -1,0 +1,104 @@
+"""`pi0-ript` console script: eval | train | bench.
+
+    pi0-ript eval  --config pi0/ript/config/ript_vla_test.yaml [key=value ...]
+    pi0-ript train --config pi0/ript/config/learning_demo.yaml [--resume] [key=value ...]
+    pi0-ript bench [runner|model] [options]
+
+Errors the user can fix (a bad config value, a missing file or package) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from pi0.ript.config.schema import ConfigError, load_config
+
+DEFAULT_CONFIG = "pi0/ript/config/ript_vla_test.yaml"
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    # SIGTERM (a cluster scheduler, `kill`) takes the same clean path as Ctrl-C: workers closed, results kept.
+    raise KeyboardInterrupt
+
+
+def _config_path(path: str | None) -> str:
+    """The default config ships inside the package, so `pi0-ript eval` works from any directory."""
+    if path is not None:
+        return path
+    from pathlib import Path
+
+    if Path(DEFAULT_CONFIG).is_file():
+        return DEFAULT_CONFIG
+    from pi0.ript.config.schema import CONFIG_DIR
+
+    return str(CONFIG_DIR / "ript_vla_test.yaml")
+
+
+def _user_error_hint(exc: BaseException) -> str | None:
+    """One line for errors a user can fix; None for bugs, which keep their traceback."""
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    if isinstance(exc, (FileNotFoundError, ImportError)) and str(exc):
+        return str(exc).splitlines()[0]
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return "CUDA out of memory: lower task.num_parallel_envs (e.g. task.num_parallel_envs=1), or use policy.dtype=bfloat16 / train.expert_only=true"
+    except ImportError:
+        pass
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pi0-ript", description="pi0 + RIPT-VLA on LIBERO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("eval", "evaluate a policy on a LIBERO suite"), ("train", "RIPT-VLA post-training")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", "--config_path", dest="config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG})")
+        p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. task.num_parallel_envs=4")
+        if name == "train":
+            p.add_argument("--resume", action="store_true", help="continue from the checkpoint in train.output_dir")
+    bench = sub.add_parser("bench", help="throughput and memory benchmarks")
+    bench.add_argument("target", nargs="?", default="runner", choices=("runner", "model"))
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the chosen benchmark (--help for them)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        if args.command == "bench":
+            if args.target == "model":
+                from pi0.model.bench import main as bench_main
+            else:
+                from pi0.ript.bench import main as bench_main
+            return bench_main(args.bench_args) or 0
+        cfg = load_config(_config_path(args.config), args.overrides)
+        if args.command == "eval":
+            from pi0.ript.evaluate import run_eval
+
+            run_eval(cfg)
+        else:
+            from pi0.ript.algo.trainer import train
+
+            train(cfg, resume=args.resume)
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted: workers stopped; finished results are on disk, re-run the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        hint = _user_error_hint(exc)
+        if hint is None:
+            raise
+        print(f"error: {hint}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Choose and build the policy a run uses, from `policy.*` in the config."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pi0.ript.config.schema import ConfigError
+
+log = logging.getLogger(__name__)
+
+SMALL_POLICY_NOTE = (
+    "no pi0 checkpoint at {path}: running the small built-in policy with random weights, so success rates are "
+    "meaningless; put a converted pi0 LIBERO checkpoint there (see README, 'Using a real checkpoint')"
+)
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"policy.device={name!r} but no CUDA device is visible: use policy.device=cpu or auto")
+    return name
+
+
+def load_policy(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
+    """Returns (policy, description). The description goes into results.json: kind, checkpoint path and hash."""
+    path = Path(cfg.policy.checkpoint_path)
+    kind = cfg.policy.kind
+    if kind == "auto":
+        kind = "pi0" if path.is_dir() else "small"
+    device = resolve_device(cfg.policy.device)
+    if kind == "small":
+        from pi0.ript.policy.small_policy import SmallPolicy
+
+        if cfg.policy.kind == "auto":
+            log.warning(SMALL_POLICY_NOTE.format(path=path))
+        return SmallPolicy(seed=cfg.task.seed, device=device), {"kind": "small", "checkpoint": None, "checkpoint_sha256": None}
+    if not path.is_dir():
+        raise ConfigError(f"policy.checkpoint_path={str(path)!r} is not a directory: point it at a converted pi0 checkpoint (model.safetensors, config.json, norm_stats.json, tokenizer)")
+    from pi0.model.policy import PI0Policy
+
+    import torch
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.policy.dtype]
+    policy = PI0Policy.from_pretrained(path, device=device, dtype=dtype)
+    return policy, {"kind": "pi0", "checkpoint": str(path.resolve()), "checkpoint_sha256": checkpoint_hash(path)}
+
+
+def checkpoint_hash(path: Path) -> str:
+    """sha256 over the checkpoint's weight and normalisation files, in name order: identifies what was evaluated."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()

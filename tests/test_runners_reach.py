@@ -1,0 +1,247 @@
+"""Runner behaviour on the built-in reach task: real worker processes, the real runners, a small real torch policy.
+The reach env is fast, so these tests can afford many episodes, worker kills and hangs."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import reach_config
+from pi0.ript.env import create_env_runner
+from pi0.ript.env.episode import EpisodeRequest
+from pi0.ript.env.pi0_libero_runner import LIBEROEnvRunner
+from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner, WorkerFailuresExhausted
+from pi0.ript.env.rollout import PolicyActionError
+from pi0.ript.env.sim import OBS_KEYS
+from pi0.ript.policy.protocol import PolicyOutput
+from pi0.ript.policy.small_policy import SmallPolicy
+
+POLICY = SmallPolicy(chunk_size=8, seed=3)
+
+
+class _Signature(dict):
+    """Everything that must agree between two runs of the same requests, keyed by request. Actions agree to 1e-5:
+    a batched float32 forward pass may differ from a single-sample one in the last bits."""
+
+    def __eq__(self, other):
+        if self.keys() != other.keys():
+            return False
+        for key, (outcome, actions) in self.items():
+            other_outcome, other_actions = other[key]
+            if outcome != other_outcome or actions.shape != other_actions.shape or not np.allclose(actions, other_actions, atol=1e-5):
+                return False
+        return True
+
+
+def _signature(episodes):
+    return _Signature({e.request_id: ((e.task_id, e.init_state_index, e.success, e.steps), e.actions) for e in episodes})
+
+
+def _requests(n_tasks=2, inits=3):
+    return [EpisodeRequest(task_id=t, init_state=i) for t in range(n_tasks) for i in range(inits)]
+
+
+def test_parallel_and_serial_runners_give_the_same_episodes(no_orphans):
+    cfg = reach_config("task.num_parallel_envs=2")
+    with LIBEROEnvRunner(POLICY, config=cfg) as serial:
+        serial_episodes = list(serial.run_episodes(_requests()))
+    with PI0LiberoRunner(POLICY, config=cfg) as parallel:
+        parallel_episodes = list(parallel.run_episodes(_requests()))
+        assert parallel.stats.env_steps == sum(e.steps for e in parallel_episodes)
+    assert len(parallel_episodes) == 6
+    assert _signature(serial_episodes) == _signature(parallel_episodes)
+
+
+def test_overlapped_and_lockstep_inference_give_the_same_episodes(no_orphans):
+    results = []
+    for overlap in ("true", "false"):
+        cfg = reach_config("task.num_parallel_envs=3", f"runner.overlap_inference={overlap}", "task.replan_steps=2")
+        with PI0LiberoRunner(POLICY, config=cfg) as runner:
+            results.append(_signature(runner.run_episodes(_requests(3, 3))))
+    assert results[0] == results[1]
+
+
+def test_run_policy_in_env_yields_ripts_tuples_and_the_documented_episode(no_orphans):
+    cfg = reach_config("task.num_parallel_envs=2", "task.replan_steps=3", "algo.rollouts_per_env=3")
+    with create_env_runner(cfg, POLICY) as runner:
+        assert isinstance(runner, PI0LiberoRunner)
+        outputs = list(runner.run_policy_in_env("reach_green"))
+    assert len(outputs) == 3
+    assert sorted(e.init_state_index for _, _, e in outputs) == [0, 1, 2]  # distinct init states by default
+    for success, total_reward, episode in outputs:
+        assert (success, total_reward) == (episode.success, episode.total_reward)
+        assert episode.task_id == 1 and episode.instruction and episode.task_name == "reach_green"
+        assert episode.steps == len(episode.actions) == sum(len(r.executed_actions) for r in episode.inference)
+        assert all(len(r.executed_actions) <= 3 for r in episode.inference)
+        first = episode.inference[0]
+        assert set(first.observation) == set(OBS_KEYS) and first.step == 0 and first.chunk.shape == (8, 7)
+        np.testing.assert_array_equal(first.executed_actions, first.chunk[: len(first.executed_actions)])
+
+
+def test_k_rollouts_of_one_init_state_and_explicit_init_states(no_orphans):
+    cfg = reach_config("task.num_parallel_envs=2")
+    with PI0LiberoRunner(POLICY, config=cfg) as runner:
+        repeated = [e for _, _, e in runner.run_policy_in_env(0, all_init_states=[4, 4, 4, 7])]
+        states = np.stack([runner.env_spec.init_state(0, 4), runner.env_spec.init_state(0, 7)])
+        explicit = [e for _, _, e in runner.run_policy_in_env(0, all_init_states=states)]
+    assert sorted((e.init_state_index, e.rollout_index) for e in repeated) == [(4, 0), (4, 1), (4, 2), (7, 3)]
+    # a deterministic policy from the same init state repeats itself
+    by_rollout = {e.rollout_index: e for e in repeated}
+    assert np.allclose(by_rollout[0].actions, by_rollout[2].actions, atol=1e-5)
+    by_explicit = {e.rollout_index: e for e in explicit}
+    assert np.allclose(by_explicit[0].actions, by_rollout[0].actions, atol=1e-5)
+    assert np.allclose(by_explicit[1].actions, by_rollout[3].actions, atol=1e-5)
+    assert all(e.init_state_index is None for e in explicit)
+
+
+def test_tasks_are_sharded_over_ranks_round_robin():
+    cfg = reach_config("task.task_ids=[0,1,2]")
+    shards = [create_env_runner(cfg, POLICY, rank=r, world_size=2).task_ids for r in range(2)]
+    assert shards == [[0, 2], [1]]
+
+
+class _BadPolicy:
+    """Returns a NaN chunk for the env whose observation matches `poison_task` (by instruction) once per call."""
+
+    action_dim, chunk_size = 7, 4
+
+    def __init__(self, bad: str):
+        self.bad = bad
+
+    def predict_chunks(self, observations, instructions):
+        chunks = np.zeros((len(observations), self.chunk_size, 7))
+        for i, text in enumerate(instructions):
+            if "green" in text:
+                chunks[i] = np.nan if self.bad == "nan" else 0.0
+        if self.bad == "shape":
+            chunks = chunks[:, :, :6]
+        return PolicyOutput(actions=chunks)
+
+
+@pytest.mark.parametrize("runner_cls", [LIBEROEnvRunner, PI0LiberoRunner])
+def test_nan_action_is_an_error_naming_env_task_and_step(runner_cls, no_orphans):
+    cfg = reach_config("task.num_parallel_envs=2")
+    with runner_cls(_BadPolicy("nan"), config=cfg) as runner:
+        with pytest.raises(PolicyActionError, match=r"task 1 \(reach_green\), step 0: chunk contains NaN"):
+            list(runner.run_episodes([EpisodeRequest(0, 0), EpisodeRequest(1, 0)]))
+
+
+def test_wrong_shape_and_fail_episode_mode(no_orphans):
+    with PI0LiberoRunner(_BadPolicy("shape"), config=reach_config()) as runner:
+        with pytest.raises(PolicyActionError, match=r"expected \[H, 7\]"):
+            list(runner.run_episodes([EpisodeRequest(0, 0)]))
+    cfg = reach_config("runner.on_bad_action=fail_episode")
+    with PI0LiberoRunner(_BadPolicy("nan"), config=cfg) as runner:
+        episodes = {e.task_id: e for e in runner.run_episodes([EpisodeRequest(0, 0), EpisodeRequest(1, 0)])}
+        # the workers are still healthy afterwards
+        again = list(runner.run_episodes([EpisodeRequest(0, 1)]))
+    assert episodes[1].success is False and "NaN" in episodes[1].failure_reason and episodes[1].steps == 0
+    assert episodes[0].failure_reason is None and episodes[0].steps == 25
+    assert len(again) == 1
+
+
+def test_chaos_random_worker_kills_lose_and_duplicate_nothing(no_orphans):
+    """Kill a random worker at a random moment, many times; every episode must come out exactly once and equal to
+    the undisturbed run (the policy is deterministic, so a re-run episode is the same episode)."""
+    kills_wanted = 8 if os.environ.get("CI") else 20
+    cfg = reach_config("task.num_parallel_envs=2", "task.max_episode_length=40", "runner.max_worker_restarts=50")
+    requests = lambda: [EpisodeRequest(t, i) for t in range(3) for i in range(10)]  # noqa: E731
+    with PI0LiberoRunner(POLICY, config=cfg) as runner:
+        undisturbed = _signature(runner.run_episodes(requests()))
+
+    rng = random.Random(1234)
+    kills = []
+    with PI0LiberoRunner(POLICY, config=cfg) as runner:
+        runner.start_workers()
+        stop = threading.Event()
+
+        def killer():
+            while len(kills) < kills_wanted and not stop.is_set():
+                time.sleep(rng.uniform(0.05, 0.5))
+                pid = rng.choice(runner.worker_pids() or [0])
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(pid)
+                except (ProcessLookupError, PermissionError, OSError):
+                    pass
+
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        disturbed_episodes = []
+        # Keep rolling the same requests until the killer is done, so every kill lands inside a run.
+        while True:
+            disturbed_episodes = list(runner.run_episodes(requests()))
+            assert _signature(disturbed_episodes) == undisturbed
+            if len(kills) >= kills_wanted:
+                break
+        stop.set()
+        thread.join()
+        restarts = runner.stats.worker_restarts
+    assert len(kills) >= kills_wanted
+    assert restarts >= 1
+    assert len({e.request_id for e in disturbed_episodes}) == len(disturbed_episodes) == 30
+
+
+def test_hung_worker_is_replaced_after_the_timeout(no_orphans):
+    cfg = reach_config("task.num_parallel_envs=2", "runner.worker_timeout_s=2", "task.max_episode_length=200")
+    with PI0LiberoRunner(POLICY, config=cfg) as runner:
+        runner.start_workers()
+        victim = runner.worker_pids()[0]
+        timer = threading.Timer(0.5, os.kill, (victim, signal.SIGSTOP))  # frozen, not dead: only a timeout notices
+        timer.start()
+        episodes = list(runner.run_episodes([EpisodeRequest(t, i) for t in range(2) for i in range(6)]))
+        timer.join()
+        assert victim not in runner.worker_pids()
+    assert len(episodes) == 12 and runner.stats.worker_restarts >= 1
+    assert any(e.worker_restarts >= 1 for e in episodes)
+
+
+def test_a_worker_that_keeps_dying_ends_the_run_with_a_clear_error(no_orphans):
+    cfg = reach_config("runner.max_worker_restarts=1")
+    with PI0LiberoRunner(POLICY, config=cfg) as runner:
+        def kill_all(*_):
+            for pid in runner.worker_pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # already dead
+            return PolicyOutput(actions=np.zeros((1, 4, 7)))
+
+        runner.policy = type("KillingPolicy", (), {"predict_chunks": staticmethod(kill_all), "action_dim": 7, "chunk_size": 4})()
+        with pytest.raises(WorkerFailuresExhausted, match="failed 2 times in a row"):
+            list(runner.run_episodes([EpisodeRequest(0, 0)]))
+
+
+def test_interrupt_mid_run_stops_every_worker(no_orphans):
+    calls = {"n": 0}
+
+    def interrupting(observations, instructions):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return POLICY.predict_chunks(observations, instructions)
+
+    runner = PI0LiberoRunner(POLICY, config=reach_config("task.num_parallel_envs=2"))
+    runner.policy = type("P", (), {"predict_chunks": staticmethod(interrupting), "action_dim": 7, "chunk_size": 8})()
+    runner.start_workers()
+    pids = runner.worker_pids()
+    with pytest.raises(KeyboardInterrupt):
+        list(runner.run_episodes(_requests()))
+    assert runner.worker_pids() == []  # close() ran on the way out
+    for pid in pids:
+        assert _gone(pid), f"worker {pid} still running after the interrupt"
+
+
+def _gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
