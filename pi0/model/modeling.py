@@ -16,7 +16,7 @@ Sequence layout and masks (openpi's):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +135,9 @@ class PrefixCache:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     pad_mask: torch.Tensor
+    # Suffix attention mask and rotary tables depend only on the prefix padding: built on the first denoising step,
+    # reused by the others (keyed by dtype).
+    suffix_context: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
@@ -267,6 +270,20 @@ class PI0Model(nn.Module):
         att[:, :2] = 1  # state token opens a block, the first action token opens the next
         return pad, att
 
+    def _suffix_context(self, cache: PrefixCache, suffix: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx = cache.suffix_context.get(suffix.dtype)
+        if ctx is None:
+            b = suffix.shape[0]
+            s_pad, s_att = self._suffix_att(b, suffix.device)
+            ppad = cache.pad_mask
+            allowed = torch.cat(
+                [ppad[:, None, :].expand(b, s_pad.shape[1], ppad.shape[1]), make_att_2d_masks(s_pad, s_att)], dim=2
+            )
+            pos = ppad.long().sum(dim=1, keepdim=True) + torch.cumsum(s_pad.long(), dim=1) - 1
+            ctx = (additive_mask(allowed, suffix.dtype), *self._rope(pos, suffix))
+            cache.suffix_context[suffix.dtype] = ctx
+        return ctx
+
     def velocity(
         self,
         prefix_cache: PrefixCache,
@@ -281,14 +298,7 @@ class PI0Model(nn.Module):
         if t.ndim == 0:
             t = t.expand(b)
         suffix = self.embed_suffix(state, x_t, t, action_token_bias)
-        s_pad, s_att = self._suffix_att(b, x_t.device)
-        ppad = prefix_cache.pad_mask
-        allowed = torch.cat(
-            [ppad[:, None, :].expand(b, s_pad.shape[1], ppad.shape[1]), make_att_2d_masks(s_pad, s_att)], dim=2
-        )
-        mask = additive_mask(allowed, suffix.dtype)
-        pos = ppad.long().sum(dim=1, keepdim=True) + torch.cumsum(s_pad.long(), dim=1) - 1
-        cos, sin = self._rope(pos, suffix)
+        mask, cos, sin = self._suffix_context(prefix_cache, suffix)
         h = suffix
         for i, layer in enumerate(self.paligemma_with_expert.expert_layers):
             past = (prefix_cache.keys[i], prefix_cache.values[i])
