@@ -159,3 +159,14 @@ def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def test_bf16_matches_fp32_closely():
+    rng = np.random.default_rng(5)
+    obs = [make_obs(rng, 32) for _ in range(2)]
+    noise = torch.randn(2, 50, 32, generator=torch.Generator().manual_seed(5))
+    fp32 = make_tiny_policy(INSTRUCTIONS, image_size=28).predict_chunks(obs, INSTRUCTIONS[:2], noise=noise).actions
+    bf16_pol = make_tiny_policy(INSTRUCTIONS, image_size=28, dtype=torch.bfloat16)
+    assert bf16_pol.model.dtype == torch.bfloat16
+    bf16 = bf16_pol.predict_chunks(obs, INSTRUCTIONS[:2], noise=noise).actions
+    assert np.abs(bf16 - fp32).max() < 0.05 * max(1.0, np.abs(fp32).max())
