@@ -51,7 +51,10 @@ def load_norm_stats(path: str | Path, required: tuple[str, ...] = ("state", "act
         raise FileNotFoundError(
             f"{path}: norm_stats.json not found; copy it from the openpi checkpoint's assets/<asset_id>/norm_stats.json"
         )
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); re-export norm_stats.json") from None
     stats = data["norm_stats"] if isinstance(data, dict) and "norm_stats" in data else data
     if not isinstance(stats, dict):
         raise ValueError(f"{path}: expected a JSON object of per-key statistics")

@@ -142,6 +142,13 @@ def run_eval(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> dict[str, A
                 f"eval.output_dir={str(output_dir)!r} holds results of a different protocol ({protocol_path}): "
                 "use a new eval.output_dir, or delete that one to start over"
             )
+        for task_id in runner.task_ids:
+            available = runner.env_spec.num_init_states(task_id)
+            if protocol["init_state_indices"][-1] >= available:
+                raise ConfigError(
+                    f"eval.init_state_offset + eval.episodes_per_task = {protocol['init_state_indices'][-1] + 1} exceeds the "
+                    f"{available} init states of task {task_id}: lower one of them"
+                )
         _write_json_atomically(protocol_path, protocol)
         episodes_path = output_dir / "episodes.jsonl"
         finished = _load_finished(episodes_path)

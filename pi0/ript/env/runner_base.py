@@ -10,7 +10,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
-from pi0.ript.config.schema import apply_debug_mode, default_config, max_episode_length
+from pi0.ript.config.schema import ConfigError, apply_debug_mode, default_config, max_episode_length
 from pi0.ript.env.episode import Episode, EpisodeRequest
 from pi0.ript.env.factory import make_env_spec
 from pi0.ript.env.rollout import EpisodeInProgress, PolicyActionError
@@ -84,7 +84,7 @@ class RunnerBase:
         all_tasks = list(cfg.task.task_ids) or list(range(self.env_spec.num_tasks()))
         for task_id in all_tasks:
             if task_id >= self.env_spec.num_tasks():
-                raise ValueError(f"task.task_ids: {task_id} is not a task of {self.benchmark_name} (0..{self.env_spec.num_tasks() - 1})")
+                raise ConfigError(f"task.task_ids: {task_id} is not a task of {self.benchmark_name}: use 0..{self.env_spec.num_tasks() - 1}")
         self.task_ids = all_tasks[rank::world_size]  # round-robin sharding of tasks over ranks
         self.stats = RunnerStats()
         if cfg.test.verbose_logging:

@@ -49,7 +49,12 @@ def load_policy(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     import torch
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.policy.dtype]
-    policy = PI0Policy.from_pretrained(path, device=device, dtype=dtype)
+    try:
+        policy = PI0Policy.from_pretrained(path, device=device, dtype=dtype)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        # A checkpoint the user supplied is incomplete or malformed: one line naming the file and the fix.
+        message = exc.args[0] if exc.args else type(exc).__name__
+        raise ConfigError(f"policy.checkpoint_path={str(path)!r}: {message}") from None
     return policy, {"kind": "pi0", "checkpoint": str(path.resolve()), "checkpoint_sha256": checkpoint_hash(path)}
 
 
