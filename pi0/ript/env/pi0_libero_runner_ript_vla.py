@@ -187,8 +187,12 @@ class PI0LiberoRunner(RunnerBase):
             return
         slot.failures += 1
         if slot.failures > self.max_worker_restarts:
+            hint = "raise runner.max_worker_restarts or check the env"
+            if "during 'start'" in reason:
+                hint = (f"workers start with {self.start_method!r}: guard your script's code with "
+                        "`if __name__ == '__main__':`, or set runner.start_method (see README, Troubleshooting)")
             raise WorkerFailuresExhausted(
                 f"task {request.task_id}, init state {request.init_state_index}: worker {slot.worker.index} failed "
-                f"{slot.failures} times in a row ({reason}); raise runner.max_worker_restarts or check the env"
+                f"{slot.failures} times in a row ({reason}); {hint}"
             )
         slot.episode = None  # the reset is sent again when the new worker reports it has started
