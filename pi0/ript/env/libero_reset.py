@@ -41,17 +41,12 @@ from typing import Any
 
 import numpy as np
 
-# LIBERO problem classes whose fast-reset episodes were measured bit-identical to hard-reset ones (see module doc).
-# libero_spatial/object/goal use LIBERO_Tabletop_Manipulation; libero_10/90 scenes use the kitchen, living-room and
-# study classes. A class not listed here always gets a hard reset.
-VERIFIED_ENV_CLASSES = frozenset(
-    {
-        "Libero_Tabletop_Manipulation",
-        "Libero_Kitchen_Tabletop_Manipulation",
-        "Libero_Living_Room_Tabletop_Manipulation",
-        "Libero_Study_Tabletop_Manipulation",
-    }
-)
+# LIBERO problem classes whose fast-reset episodes were measured bit-identical to hard-reset ones (see module doc):
+# libero_spatial and libero_goal tasks (tests/test_libero_sim.py). Not listed, so always hard-reset for now:
+# Libero_Kitchen_Tabletop_Manipulation (libero_10 task 3: physics and proprio identical, but images differ after a
+# fast reset: some visual state the snapshot misses, not yet found), and the living-room, study, floor (libero_object)
+# and coffee-table classes, which were not measured.
+VERIFIED_ENV_CLASSES = frozenset({"Libero_Tabletop_Manipulation"})
 
 # Large MjModel arrays that only the XML compiler writes; copying them every reset would cost time for nothing.
 _STATIC_MODEL_PREFIXES = ("mesh_", "tex_data", "hfield_data", "skin_", "flex_", "names", "paths", "text_data")
