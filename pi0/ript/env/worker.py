@@ -12,13 +12,16 @@ results. Images travel pickled; see docs/PERFORMANCE.md for why that costs well 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
+import types
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Iterator
 
 # Commands the worker understands.
 RESET, STEP, RENDER_COUNT, STATS, CLOSE, PING = "reset", "step", "render_count", "stats", "close", "ping"
@@ -83,6 +86,26 @@ def _rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
+@contextlib.contextmanager
+def _main_module_hidden(spec: Any, start_method: str) -> Iterator[None]:
+    """Start a spawned worker without re-running the parent's main script.
+
+    `spawn` normally imports the parent's `__main__` in the child, so a training script's top-level imports (torch,
+    transformers) and, without a `__main__` guard, its model loading would run again in every worker: seconds of
+    start-up and hundreds of MB each. The worker needs none of it (its target and the env spec live in importable
+    modules), so during `start()` the parent's main module is swapped for an empty one. Skipped when the spec's class
+    is defined in `__main__` itself, since the child then needs that module to unpickle it."""
+    main = sys.modules.get("__main__")
+    if start_method == "fork" or main is None or type(spec).__module__ == "__main__":
+        yield
+        return
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 class EnvWorker:
     """Parent-side handle on one worker process. Not thread-safe; one command in flight at a time."""
 
@@ -95,7 +118,8 @@ class EnvWorker:
         self.process = ctx.Process(
             target=_worker_loop, args=(index, spec, child_end, parent_end_for_child), name=f"env-worker-{index}", daemon=True
         )
-        self.process.start()
+        with _main_module_hidden(spec, start_method):
+            self.process.start()
         child_end.close()
         self.pending: str | None = "start"  # the worker sends its pid once the env spec is built
         self.sent_at = time.monotonic()
