@@ -1,0 +1,562 @@
+"""`pi0-ript bench [runner]`: rollout throughput against the machine's limits, measured in one run.
+
+Every number comes from this run, on one suite, one task and one image size, so the ratios compare like with like:
+
+* sim        the simulation limit: N bare worker processes stepping no-op actions, no policy (N = 1..cores and the
+             latency section's worker count), rendering every step and rendering only every `replan`-th step;
+* pickle     the cost of moving one observation (two cameras) through a pipe, relative to one rendered step;
+* inference  the inference limit: policy chunks/s at the runner's batch sizes, x replan steps = env-steps/s it feeds;
+* runners    the serial runner and the parallel runner (N = 1..cores), small policy;
+* latency    the parallel runner with a policy of artificial latency L (50/200 ms, stand-in for a GPU model),
+             overlapped vs lock-step inference, replan 1 and 5, against min(sim limit, inference limit);
+* features   render-on-demand + fast-reset on vs off, replan 1/5/10, 1 and 2 workers, env-steps/s and episodes/hour;
+* memory     main-process RSS, each worker's RSS next to a bare env process (one that only builds the same env).
+
+    pi0-ript bench                      # everything (tens of minutes on a 2-core CPU)
+    pi0-ript bench --smoke --out x.json # a tiny run of every section (CI; no timing claims)
+    pi0-ript bench --sections sim,pickle --out x.json
+
+Runner throughput is env-steps/s of policy steps (settle steps after a reset are not counted, though their time is),
+over a measured run that starts after a warm-up episode per worker, so process start and env build (~8 s each) are
+left out but every reset of the measured episodes is in. Episodes/hour is measured the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import pickle
+import platform
+import statistics
+import sys
+import threading
+import time
+from dataclasses import replace
+from multiprocessing.connection import wait
+from typing import Any
+
+import numpy as np
+
+ALL_SECTIONS = ("sim", "pickle", "inference", "runners", "latency", "features", "memory")
+
+
+# ------------------------------------------------------------------------------------------------------- settings
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="pi0-ript bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="libero_spatial")
+    p.add_argument("--task", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=224, help="camera height = width (both cameras)")
+    p.add_argument("--fast-render", action="store_true", help="cheap rendering (images differ from training)")
+    p.add_argument("--max-workers", type=int, default=os.cpu_count() or 2, help="N = 1..this for sim and runners")
+    p.add_argument("--latency-workers", type=int, default=4, help="workers of the latency section (more than cores)")
+    p.add_argument("--latencies-ms", default="50,200")
+    p.add_argument("--episode-length", type=int, default=40, help="policy steps per measured episode")
+    p.add_argument("--episodes-per-worker", type=int, default=2, help="measured episodes per worker (resets included)")
+    p.add_argument("--sim-seconds", type=float, default=12.0, help="measuring window of each simulation-limit point")
+    p.add_argument("--sections", default=",".join(ALL_SECTIONS), help=f"comma list of {', '.join(ALL_SECTIONS)}")
+    p.add_argument("--quick", action="store_true", help="shorter runs; fewer points (sim/runner N = 1 and max only)")
+    p.add_argument("--smoke", action="store_true", help="tiny run of every section, small images: checks the bench works")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(args.sections) - set(ALL_SECTIONS)
+    if unknown:
+        p.error(f"unknown sections {sorted(unknown)}: use {', '.join(ALL_SECTIONS)}")
+    args.latencies = [float(x) / 1000 for x in args.latencies_ms.split(",") if x.strip()]
+    args.replans = [1, 5, 10]
+    args.sim_render_every = [1, 5]
+    args.latency_replans = [1, 5]
+    if args.quick:
+        args.episode_length, args.episodes_per_worker, args.sim_seconds = 20, 1, 6.0
+    if args.smoke:
+        # Small enough for CI on 2 cores in a couple of minutes: every section runs, numbers are only sanity checks.
+        args.image_size, args.fast_render = 64, True
+        args.max_workers, args.latency_workers = 1, 1  # one worker: every runner below reuses the same env
+        args.latencies = [0.05]
+        args.episode_length, args.episodes_per_worker, args.sim_seconds = 6, 1, 2.0
+        args.replans, args.sim_render_every, args.latency_replans = [5], [1, 5], [1]
+    return args
+
+
+def _spec(args, on: bool = True):
+    from pi0.ript.env.libero_sim import LiberoEnvSpec
+
+    return LiberoEnvSpec(benchmark_name=args.suite, image_size=args.image_size, seed=0, fast_render=args.fast_render,
+                         render_on_demand=on, fast_reset=on)
+
+
+def _worker_counts(args) -> list[int]:
+    if args.quick and args.max_workers > 1:
+        return [1, args.max_workers]
+    return list(range(1, args.max_workers + 1))
+
+
+def _rss_bytes(pid: int | None = None) -> int:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss
+
+
+# ------------------------------------------------------------------------------------------------------- simulation
+def _sim_point(workers, seconds: float, render_every: int, episode_length: int | None = None, task: int = 0) -> dict[str, float]:
+    """Every worker steps no-op actions as fast as it answers (each on its own, no lock-step) for `seconds`.
+    With `episode_length`, a worker resets (next init state) after that many steps, as a runner does between
+    episodes: that is the simulation limit for the runner's exact work, resets included."""
+    from pi0.ript.env.sim import NOOP_ACTION
+    from pi0.ript.env.worker import RESET, STEP
+
+    in_episode = {w.index: 0 for w in workers}
+    episodes = {w.index: 0 for w in workers}
+
+    def send(w):
+        if episode_length is not None and in_episode[w.index] >= episode_length:
+            in_episode[w.index] = 0
+            episodes[w.index] += 1
+            w.send(RESET, {"task_id": task, "init_state": (w.index + len(workers) * episodes[w.index]) % 50})
+            return
+        in_episode[w.index] += 1
+        # The observation is wanted every `render_every`-th step: what a runner with that replan asks for.
+        w.send(STEP, (NOOP_ACTION, in_episode[w.index] % render_every == 0))
+
+    for w in workers:  # a couple of warm-up steps: first renders after a reset allocate buffers
+        for _ in range(2):
+            w.call(STEP, (NOOP_ACTION, True))
+    started = time.perf_counter()
+    deadline = started + seconds
+    for w in workers:
+        send(w)
+    done = 0
+    while any(w.pending is not None for w in workers):
+        ready = wait([w.conn for w in workers if w.pending is not None])
+        now = time.perf_counter()
+        for w in workers:
+            if w.conn in ready:
+                command = w.pending
+                w.receive()
+                if now <= deadline:
+                    done += command == STEP
+                    send(w)
+    # Steps that landed before the deadline, over the window; what was in flight at the deadline is drained unused.
+    point = {"env_steps_per_second": done / seconds, "steps": done}
+    if episode_length is not None:
+        point["resets"] = sum(episodes.values())
+    return point
+
+
+def bench_sim(args, results) -> list[Any]:
+    """Simulation limit for each N. Returns the observation of a reset (for the pickling section)."""
+    from pi0.ript.env.worker import RESET, EnvWorker
+
+    spec = _spec(args)
+    counts = sorted(set(_worker_counts(args)) | ({args.latency_workers} if "latency" in args.sections else set()))
+    out, observation, step_s = {}, None, None
+    for n in counts:
+        workers = [EnvWorker(i, spec) for i in range(n)]
+        try:
+            for w in workers:
+                w.wait_started(300)
+            for w in workers:
+                w.send(RESET, {"task_id": args.task, "init_state": w.index})
+            resets = [w.receive() for w in workers]
+            observation = resets[0].observation
+            point = {}
+            for every in args.sim_render_every:
+                point[f"render_every_{every}"] = _sim_point(workers, args.sim_seconds, every)
+            # The runner's exact work without a policy: episodes of episode_length steps, resets included.
+            for every in args.sim_render_every:
+                point[f"episodes_render_every_{every}"] = _sim_point(
+                    workers, args.sim_seconds * 2, every, args.episode_length, args.task)
+            out[str(n)] = point
+            _print_row(f"sim N={n}", {k: v["env_steps_per_second"] for k, v in point.items()}, "env-steps/s")
+        finally:
+            for w in workers:
+                w.close()
+    results["sim"] = out
+    return observation
+
+
+def sim_limit(results, n: int, render_every: int, with_resets: bool = True) -> float | None:
+    """The no-policy limit for N workers; `with_resets`: episodes of the bench's length with resets between them
+    (the runner's exact env work, the fair denominator for a runner), else pure stepping."""
+    key = f"episodes_render_every_{render_every}" if with_resets else f"render_every_{render_every}"
+    point = results.get("sim", {}).get(str(n), {}).get(key)
+    return point["env_steps_per_second"] if point else None
+
+
+# ------------------------------------------------------------------------------------------------------- pickling
+def _echo_receiver(conn, count):
+    for _ in range(count):
+        conn.recv()
+
+
+def bench_pickle(args, results, observation) -> None:
+    """One observation through a pipe, as a worker sends it: pickle + write + read + unpickle, in two threads."""
+    if observation is None:
+        from pi0.ript.env.sim import OBS_KEYS
+
+        rng = np.random.default_rng(0)
+        observation = {k: rng.integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8) if "image" in k else rng.normal(size=4) for k in OBS_KEYS}
+    repeats = 30 if args.smoke else 200
+    payload = (True, observation)
+    a, b = mp.Pipe()
+    receiver = threading.Thread(target=_echo_receiver, args=(b, repeats))
+    receiver.start()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a.send(payload)
+    receiver.join()
+    pipe_s = (time.perf_counter() - started) / repeats
+    a.close(), b.close()
+    dumps = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        pickle.loads(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+        dumps.append(time.perf_counter() - t)
+    nbytes = len(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+    # A rendered step's wall time for one worker alone: the denominator the issue asks for.
+    one = sim_limit(results, 1, 1, with_resets=False)
+    step_s = 1.0 / one if one else None
+    out = {
+        "image_size": args.image_size,
+        "bytes": nbytes,
+        "pipe_seconds": pipe_s,
+        "pickle_roundtrip_seconds": statistics.median(dumps),
+        "rendered_step_seconds": step_s,
+        "fraction_of_rendered_step": pipe_s / step_s if step_s else None,
+    }
+    results["pickle"] = out
+    print(f"pickle: {nbytes / 1e3:.0f} kB per observation, {pipe_s * 1e3:.2f} ms through a pipe"
+          + (f" = {out['fraction_of_rendered_step']:.1%} of a rendered step ({step_s * 1e3:.0f} ms)" if step_s else ""))
+
+
+# ------------------------------------------------------------------------------------------------------- inference
+def _policy(chunk_size: int = 50):
+    from pi0.ript.policy.small_policy import SmallPolicy
+
+    return SmallPolicy(chunk_size=chunk_size, seed=0)
+
+
+def _fake_obs(args, rng):
+    q = rng.normal(size=4)
+    return {
+        "agentview_image": rng.integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8),
+        "wrist_image": rng.integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8),
+        "eef_pos": rng.normal(size=3), "eef_quat": q / np.linalg.norm(q), "gripper_qpos": rng.normal(size=2),
+    }
+
+
+def bench_inference(args, results) -> None:
+    """Chunks/s per batch size; x replan = the env-steps/s one policy can feed when every call has that batch."""
+    from pi0.ript.bench_policies import LatencyPolicy
+
+    rng = np.random.default_rng(0)
+    max_batch = max(args.max_workers, args.latency_workers)
+    obs = [_fake_obs(args, rng) for _ in range(max_batch)]
+    policies = {"small": _policy()}
+    for latency in args.latencies:
+        policies[f"latency_{int(latency * 1000)}ms"] = LatencyPolicy(policies["small"], latency)
+    out = {}
+    for name, policy in policies.items():
+        out[name] = {}
+        for batch in range(1, max_batch + 1):
+            policy.predict_chunks(obs[:batch], ["x"] * batch)  # warm-up
+            repeats = 3 if name != "small" else (5 if args.smoke else 30)
+            started = time.perf_counter()
+            for _ in range(repeats):
+                policy.predict_chunks(obs[:batch], ["x"] * batch)
+            call_s = (time.perf_counter() - started) / repeats
+            out[name][str(batch)] = {"seconds_per_call": call_s, "chunks_per_second": batch / call_s}
+        _print_row(f"inference {name}", {f"B={b}": v["chunks_per_second"] for b, v in out[name].items()}, "chunks/s")
+    results["inference"] = out
+
+
+def inference_limit(results, policy: str, batch: int, replan: int) -> float | None:
+    """Env-steps/s the policy can feed with `batch` envs per call, each executing `replan` actions per chunk."""
+    point = results.get("inference", {}).get(policy, {}).get(str(batch))
+    return point["chunks_per_second"] * replan if point else None
+
+
+# ------------------------------------------------------------------------------------------------------- runners
+class _RunnerPool:
+    """One runner (and its workers) at a time, reused across measurements that share its env spec and N: building
+    LIBERO envs costs ~8 s per worker, more than many measurements."""
+
+    def __init__(self, args):
+        self.args, self.key, self.runner = args, None, None
+
+    def get(self, n: int, features_on: bool = True, serial: bool = False):
+        key = (n, features_on, serial)
+        if key != self.key:
+            self.close()
+            from pi0.ript.config.schema import load_config
+            from pi0.ript.env.pi0_libero_runner import LIBEROEnvRunner
+            from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner
+
+            cfg = load_config(None, [f"task.benchmark_name={self.args.suite}", f"task.num_parallel_envs={n}",
+                                     f"task.image_size={self.args.image_size}"])
+            cls = LIBEROEnvRunner if serial else PI0LiberoRunner
+            self.runner = cls(_policy(), config=cfg, env_spec=_spec(self.args, features_on))
+            self.key = key
+        return self.runner
+
+    def close(self):
+        if self.runner is not None:
+            self.runner.close()
+        self.runner, self.key = None, None
+
+
+def _requests(args, runner, count: int):
+    from pi0.ript.env.episode import EpisodeRequest
+
+    return [EpisodeRequest(task_id=args.task, init_state=i % 50) for i in range(count)]
+
+
+def _measure_runner(args, runner, policy, replan: int, overlap: bool = True, warm: bool = True) -> dict[str, Any]:
+    """A measured run of episodes_per_worker x N episodes of episode_length steps, after a warm-up episode per
+    worker (env build and first hard reset left out). Returns throughput, phases and per-episode outcomes."""
+    runner.policy = policy
+    runner.replan_steps = replan
+    runner.overlap_inference = overlap
+    n = getattr(runner, "num_parallel_envs", 1) if hasattr(runner, "start_workers") else 1
+    if warm:
+        runner.max_steps = 1
+        for _ in runner.run_episodes(_requests(args, runner, n)):
+            pass
+    runner.max_steps = args.episode_length
+    runner.stats.reset()
+    episodes = sorted(runner.run_episodes(_requests(args, runner, n * args.episodes_per_worker)), key=lambda e: e.request_id)
+    stats = runner.stats.as_dict()
+    wall = stats["wall_seconds"]
+    seconds = dict(stats["seconds"])
+    seconds["main_loop_other"] = max(0.0, wall - sum(seconds.values()))  # queueing, IPC (unpickling), bookkeeping
+    return {
+        "env_steps_per_second": stats["env_steps_per_second"],
+        "episodes_per_hour": stats["episodes"] / wall * 3600 if wall > 0 else 0.0,
+        "wall_seconds": wall,
+        "env_steps": stats["env_steps"],
+        "episodes": stats["episodes"],
+        "mean_batch_size": stats["mean_batch_size"],
+        "inference_calls": stats["inference_calls"],
+        "phase_seconds": seconds,
+        "outcomes": [(e.success, e.steps) for e in episodes],
+    }
+
+
+def bench_runners(args, results, pool) -> None:
+    out = {}
+    policy = _policy()
+    replan = 5
+    runner = pool.get(1, serial=True)
+    out["serial"] = _measure_runner(args, runner, policy, replan)
+    _print_row("serial runner, replan 5", _brief(out["serial"]), "")
+    for n in _worker_counts(args):
+        runner = pool.get(n)
+        point = _measure_runner(args, runner, policy, replan)
+        limit = sim_limit(results, n, replan)
+        if limit:
+            point["ratio_to_sim_limit"] = point["env_steps_per_second"] / limit
+        point["ratio_to_serial"] = point["env_steps_per_second"] / out["serial"]["env_steps_per_second"]
+        if n <= 2 and "features" in args.sections:
+            _features_points(args, results, runner, n, True)  # reuse these workers (same spec) for the features section
+        out[f"parallel_{n}"] = point
+        _print_row(f"parallel N={n}, replan 5", _brief(point), "")
+        if n == max(_worker_counts(args)):
+            _record_worker_memory(results, runner)
+    results["runners"] = out
+
+
+def _brief(point) -> dict[str, float]:
+    keys = ("env_steps_per_second", "episodes_per_hour", "ratio_to_sim_limit", "ratio_to_serial", "mean_batch_size")
+    return {k: point[k] for k in keys if k in point}
+
+
+def bench_latency(args, results, pool) -> None:
+    """Latency-L policy, `latency_workers` workers: overlapped vs lock-step, against min(sim limit, inference limit)."""
+    from pi0.ript.bench_policies import LatencyPolicy
+
+    n = args.latency_workers
+    runner = pool.get(n)
+    base = _policy()
+    out = {}
+    for latency in args.latencies:
+        name = f"latency_{int(latency * 1000)}ms"
+        for replan in args.latency_replans:
+            policy = LatencyPolicy(base, latency)
+            point = {}
+            for overlap in (False, True):
+                point["overlapped" if overlap else "lockstep"] = _measure_runner(args, runner, policy, replan, overlap)
+            on, off = point["overlapped"], point["lockstep"]
+            limits = [x for x in (sim_limit(results, n, replan), inference_limit(results, name, n, replan)) if x]
+            point["sim_limit"] = sim_limit(results, n, replan)
+            point["inference_limit"] = inference_limit(results, name, n, replan)
+            point["overlapped_over_lockstep"] = on["env_steps_per_second"] / off["env_steps_per_second"]
+            if limits:
+                point["overlapped_over_min_limit"] = on["env_steps_per_second"] / min(limits)
+            # Scheduling must never change an episode: same success and steps, episode by episode.
+            point["same_episodes"] = on["outcomes"] == off["outcomes"]
+            out[f"{name}_replan_{replan}"] = point
+            _print_row(f"L={int(latency * 1000)}ms N={n} replan {replan}", {
+                "lockstep": off["env_steps_per_second"], "overlapped": on["env_steps_per_second"],
+                "over/lock": point["overlapped_over_lockstep"], "over/min(limits)": point.get("overlapped_over_min_limit", float("nan")),
+                "batch(over)": on["mean_batch_size"]}, f"same_episodes={point['same_episodes']}")
+    results["latency"] = out
+
+
+def _features_points(args, results, runner, n: int, on: bool) -> None:
+    policy = _policy()
+    table = results.setdefault("features", {})
+    for replan in args.replans:
+        point = _measure_runner(args, runner, policy, replan)
+        table.setdefault(f"workers_{n}_replan_{replan}", {})["on" if on else "off"] = point
+        _print_row(f"features {'on ' if on else 'off'} N={n} replan {replan}", _brief(point), "")
+
+
+def bench_features(args, results, pool) -> None:
+    for n in sorted({1, min(2, args.max_workers)}):
+        for on in (True, False):
+            if on and "on" in results.get("features", {}).get(f"workers_{n}_replan_{args.replans[0]}", {}):
+                continue  # measured with the runners section's workers already
+            _features_points(args, results, pool.get(n, on), n, on)
+    for key, point in results.get("features", {}).items():
+        if "on" in point and "off" in point:
+            point["steps_ratio_on_over_off"] = point["on"]["env_steps_per_second"] / point["off"]["env_steps_per_second"]
+            point["episodes_ratio_on_over_off"] = point["on"]["episodes_per_hour"] / point["off"]["episodes_per_hour"]
+            n, replan = int(key.split("_")[1]), int(key.split("_")[3])
+            limit = sim_limit(results, n, replan)
+            if limit:
+                point["on_over_sim_limit_same_render"] = point["on"]["env_steps_per_second"] / limit
+
+
+# ------------------------------------------------------------------------------------------------------- memory
+def _bare_env(spec, task: int, queue) -> None:
+    """A process that only builds the env (and takes it to the same state as a worker: reset, a rendered step)."""
+    from pi0.ript.env.sim import NOOP_ACTION
+
+    env = spec.make()
+    env.reset(task_id=task, init_state=0)
+    env.step(NOOP_ACTION, True)
+    queue.put(_rss_bytes())
+    env.close()
+
+
+def _record_worker_memory(results, runner) -> None:
+    stats = [w.call("stats", timeout=120) for w in runner.start_workers()]
+    results.setdefault("memory", {})["worker_rss_bytes"] = [s["rss_bytes"] for s in stats]
+
+
+def bench_memory(args, results, pool) -> None:
+    mem = results.setdefault("memory", {})
+    if "worker_rss_bytes" not in mem:
+        runner = pool.get(min(2, args.max_workers))
+        _measure_runner(args, runner, _policy(), 5, warm=True)
+        _record_worker_memory(results, runner)
+    pool.close()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=_bare_env, args=(_spec(args), args.task, queue))
+    process.start()
+    mem["bare_env_rss_bytes"] = queue.get(timeout=600)
+    process.join(60)
+    mem["main_rss_bytes"] = _rss_bytes()
+    mem["worker_over_bare"] = [r / mem["bare_env_rss_bytes"] for r in mem["worker_rss_bytes"]]
+    print(f"memory: main {mem['main_rss_bytes'] / 2**20:.0f} MiB; workers "
+          + ", ".join(f"{r / 2**20:.0f} MiB" for r in mem["worker_rss_bytes"])
+          + f"; bare env {mem['bare_env_rss_bytes'] / 2**20:.0f} MiB; worker/bare "
+          + ", ".join(f"{x:.3f}" for x in mem["worker_over_bare"]))
+
+
+# ------------------------------------------------------------------------------------------------------- output
+def _print_row(label: str, values: dict[str, float], unit: str) -> None:
+    cells = "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    print(f"{label:<34} {cells}  {unit}", flush=True)
+
+
+def targets(results) -> list[dict[str, Any]]:
+    """The issues' targets, each with the ratio this run measured (None when its section did not run)."""
+    rows = []
+
+    def add(name, value, goal, op=">="):
+        met = None if value is None else (value >= goal if op == ">=" else value <= goal)
+        rows.append({"target": name, "measured": value, "goal": f"{op} {goal}", "met": met})
+
+    runners = results.get("runners", {})
+    for n in (1, 2):
+        point = runners.get(f"parallel_{n}", {})
+        add(f"parallel runner / sim limit, N={n}, replan 5 (#2, #5)", point.get("ratio_to_sim_limit"), 0.9)
+    lat = results.get("latency", {})
+    for key, point in lat.items():
+        if key.endswith("_replan_1") and key.startswith("latency_200ms"):
+            add("L=200ms replan 1: overlapped / lock-step (#5)", point["overlapped_over_lockstep"], 1.3)
+        add(f"{key}: overlapped / min(sim, inference limit) (#5)", point.get("overlapped_over_min_limit"), 0.9)
+    feats = results.get("features", {})
+    p = feats.get("workers_2_replan_5", {})
+    add("N=2 replan 5: render on demand / render every step, env-steps/s (#8)", p.get("steps_ratio_on_over_off"), 3.0)
+    add("N=2 replan 5: features on / sim limit rendering every 5th step (#8)", p.get("on_over_sim_limit_same_render"), 0.9)
+    best = max((v.get("episodes_ratio_on_over_off", 0) for v in feats.values()), default=None)
+    add("episodes/hour, features on / off, best point (#8)", best or None, 3.5)
+    for key, v in feats.items():
+        if key.endswith("_replan_1"):
+            add(f"{key}: features on / off >= ~1 (#8, within noise)", v.get("steps_ratio_on_over_off"), 0.95)
+    mem = results.get("memory", {})
+    if mem.get("worker_over_bare"):
+        add("worker RSS / bare env RSS (#5)", max(mem["worker_over_bare"]), 1.05, "<=")
+    if "pickle" in results:
+        add("observation pipe cost / rendered step (#5)", results["pickle"].get("fraction_of_rendered_step"), 0.05, "<=")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    import torch
+
+    # The policy shares 2 cores with the env workers; one intra-op thread keeps it from fighting them.
+    torch.set_num_threads(1)
+    results: dict[str, Any] = {
+        "settings": {"suite": args.suite, "task": args.task, "image_size": args.image_size, "fast_render": args.fast_render,
+                     "episode_length": args.episode_length, "episodes_per_worker": args.episodes_per_worker,
+                     "sim_seconds": args.sim_seconds, "sections": args.sections, "smoke": args.smoke, "quick": args.quick,
+                     "latency_workers": args.latency_workers, "argv": sys.argv[1:] if argv is None else list(argv)},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                    "load_average_at_start": os.getloadavg()},
+    }
+    started = time.perf_counter()
+    pool = _RunnerPool(args)
+    observation = None
+    try:
+        if "sim" in args.sections:
+            observation = bench_sim(args, results)
+        if "pickle" in args.sections:
+            bench_pickle(args, results, observation)
+        if "inference" in args.sections:
+            bench_inference(args, results)
+        if "runners" in args.sections:
+            bench_runners(args, results, pool)
+        if "latency" in args.sections:
+            bench_latency(args, results, pool)
+        if "features" in args.sections:
+            bench_features(args, results, pool)
+        if "memory" in args.sections:
+            bench_memory(args, results, pool)
+    finally:
+        pool.close()
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    results["wall_seconds"] = time.perf_counter() - started
+    results["targets"] = targets(results)
+    print("\ntargets (ratios from this run):")
+    for row in results["targets"]:
+        value = "n/a" if row["measured"] is None else f"{row['measured']:.3f}"
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[row["met"]]
+        print(f"  {row['target']:<72} {value:>8} (goal {row['goal']}): {verdict}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1, default=float)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
