@@ -1,0 +1,31 @@
+"""The integration guide's checklist, verbatim, from the repository root."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+
+def _run(args, timeout=120):
+    return subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_import_check():
+    result = _run([sys.executable, "-c", "from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner; print('✅ Import成功')"])
+    assert result.returncode == 0 and "✅ Import成功" in result.stdout, result.stderr
+
+
+def test_config_check():
+    result = _run([sys.executable, "-c", "from omegaconf import OmegaConf; print('✅ 配置加载:', OmegaConf.load('pi0/ript/config/ript_vla_test.yaml').features.use_ript_vla_runner)"])
+    assert result.returncode == 0 and result.stdout.strip() == "✅ 配置加载: True", result.stderr
+
+
+@pytest.mark.libero
+def test_integration_script():
+    result = _run([sys.executable, "test_ript_vla_integration.py"], timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "6 passed, 0 failed" in result.stdout
