@@ -10,22 +10,11 @@ from omegaconf import DictConfig
 def create_env_runner(config: DictConfig, policy: Any, rank: int = 0, world_size: int = 1):
     """`features.use_ript_vla_runner: true` -> PI0LiberoRunner (parallel workers), else LIBEROEnvRunner (serial).
     Tasks are sharded over ranks round-robin."""
-    use_ript_vla = bool(getattr(getattr(config, "features", None), "use_ript_vla_runner", False))
-    if use_ript_vla:
-        from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner
-
-        return PI0LiberoRunner(
-            policy=policy,
-            benchmark_name=config.task.benchmark_name,
-            rollouts_per_env=config.algo.rollouts_per_env,
-            num_parallel_envs=config.task.num_parallel_envs,
-            rank=rank,
-            config=config,
-            world_size=world_size,
-        )
-    from pi0.ript.env.pi0_libero_runner import LIBEROEnvRunner
-
-    return LIBEROEnvRunner(
+    if bool(getattr(getattr(config, "features", None), "use_ript_vla_runner", False)):
+        from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner as runner_class
+    else:
+        from pi0.ript.env.pi0_libero_runner import LIBEROEnvRunner as runner_class
+    return runner_class(
         policy=policy,
         benchmark_name=config.task.benchmark_name,
         rollouts_per_env=config.algo.rollouts_per_env,
