@@ -77,6 +77,7 @@ class TrainConfig:
     eval_at_start: bool = False  # also evaluate before the first update (the "before" number)
     eval_episodes_per_task: int = 10  # eval init states 0..N-1 of each task in task.task_ids
     eval_seed: int = 12345  # sampling seed for evaluation, so evals differ only by the weights
+    eval_deterministic: bool = False  # evaluate with the plain ODE sampler instead of the noisy rollout sampler
     checkpoint_every: int = 1  # write the resumable checkpoint every N iterations (0: only at the end)
     output_dir: str = "runs/ript"  # metrics.jsonl, TensorBoard events, checkpoint/ and success.png go here
     seed: int = 0  # seeds torch, numpy and the context sampler (each rank adds its rank)

@@ -33,6 +33,8 @@ MIN_TARGET_SEPARATION = 0.55  # targets never overlap and the success discs of t
 MIN_START_DISTANCE = 0.5  # the start is never already inside a target's success disc
 GRIPPER_OPEN_QPOS = np.array([0.04, -0.04])  # LIBERO-like finger positions for open / closed
 GRIPPER_CLOSED_QPOS = np.array([0.0, 0.0])
+# Base target layout for jittered init states: a triangle inside the margin, corners ~1.0 apart.
+BASE_LAYOUT = np.array([[0.0, 0.55], [-0.55, -0.35], [0.55, -0.35]])
 EEF_QUAT = np.array([0.0, 0.0, 0.0, 1.0])  # fixed orientation, robosuite (x, y, z, w) order
 
 
@@ -44,15 +46,18 @@ class ReachEnvSpec:
     num_init_states_per_task: int = 50  # init states 0..N-1 of every task (like LIBERO's 50 per task)
     num_targets: int = 3  # discs on the table (the first num_targets colours); the instruction names one
     max_step: float = 0.1  # table units moved per step at action +-1 (actions are clipped to [-1, 1])
-    success_radius: float = 0.15  # success when the end effector is this close (xy and z) to the named target
+    success_radius: float = 0.2  # success when the end effector is this close (xy and z) to the named target
     target_radius: float = 0.12  # drawn disc radius, table units
     wrist_zoom: float = 2.5  # the wrist camera sees a window 2/zoom wide, centred on the end effector
+    target_jitter: float | None = 0.15  # targets = a fixed layout + uniform +-jitter per init state; None: anywhere
     num_wait_steps: int = 0  # settle steps run by reset with the no-op action (nothing settles here; kept for parity)
     seed: int = 0  # init-state seed: different seeds give different (but fixed) init-state sets
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_targets <= len(TARGET_COLOURS):
             raise ValueError(f"num_targets={self.num_targets}: allowed 1..{len(TARGET_COLOURS)}")
+        if self.target_jitter is not None and not 0.0 <= self.target_jitter <= 0.2:
+            raise ValueError(f"target_jitter={self.target_jitter}: allowed 0..0.2 (targets must not overlap) or None")
         if self.image_size < 8:
             raise ValueError(f"image_size={self.image_size}: must be >= 8 pixels")
 
@@ -86,7 +91,13 @@ class ReachEnvSpec:
         if not 0 <= index < self.num_init_states_per_task:
             raise ValueError(f"init_state index {index}: allowed 0..{self.num_init_states_per_task - 1}")
         rng = np.random.default_rng([self.seed, task_id, index])
-        targets = _sample_separated(rng, self.num_targets, TARGET_MARGIN, MIN_TARGET_SEPARATION)
+        if self.target_jitter is None:
+            targets = _sample_separated(rng, self.num_targets, TARGET_MARGIN, MIN_TARGET_SEPARATION)
+        else:
+            # A fixed triangle of targets (the same for every task: the instruction decides which one counts),
+            # jittered per init state, so the colour must be read and the exact position seen.
+            jitter = rng.uniform(-self.target_jitter, self.target_jitter, size=(self.num_targets, 2))
+            targets = BASE_LAYOUT[: self.num_targets] + jitter
         for _ in range(10_000):  # a hard bound; the free area is most of the table, so a few draws suffice
             start = rng.uniform(-TARGET_MARGIN, TARGET_MARGIN, size=2)
             if np.min(np.linalg.norm(targets - start, axis=1)) >= MIN_START_DISTANCE:

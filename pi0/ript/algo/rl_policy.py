@@ -1,0 +1,155 @@
+"""The RL view of a pi0 policy: samples chunks the way the trainer needs and returns what it needs per sample.
+
+`RLPolicy` implements the runners' `RolloutPolicy` protocol around a `PI0Policy`. Observations go through the
+policy's own preprocessing (`prepare_batch`) and chunks through its own postprocessing (`postprocess`), so the
+runner, the trainer and plain evaluation share one data path; only the sampler differs:
+
+- `ppo`: the flow-SDE sampler (`flow_sde.sde_sample`). Per sample, `extras` carries the denoising `chain`
+  [N+1, H, 32] and its `log_prob`, which the trainer rescoring under the current weights turns into the PPO ratio.
+- `cfg`: classifier-free-guided flow sampling with the positive-advantage condition (optionally with the same
+  injected noise, for exploration). `extras` carries the `chain` too; its last entry is the normalised chunk the
+  trainer fits with the conditioned flow-matching loss.
+
+The module owns the trainable RL pieces next to the pi0 weights: the noise scale (fixed buffer or learned) and the
+CFG condition embeddings, so one `state_dict` holds everything a checkpoint needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from pi0.ript.algo.cfg import NULL, POSITIVE, AdvantageCondition, cfg_flow_loss, flow_matching_targets, guided_velocity
+from pi0.ript.algo.flow_sde import NoiseScale, chain_log_prob, logprob_mask, sde_sample
+from pi0.ript.policy.protocol import PolicyOutput
+
+
+class RLPolicy(nn.Module):
+    def __init__(
+        self,
+        policy: Any,
+        optimizer: str,
+        num_denoise_steps: int,
+        noise_scale: float,
+        learn_noise_scale: bool,
+        logprob_action_dims: int,
+        replan_steps: int,
+        guidance_weight: float = 1.0,
+        cfg_rollout_noise: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if optimizer not in ("ppo", "cfg"):
+            raise ValueError(f"algo.optimizer={optimizer!r}: use ppo or cfg")
+        object.__setattr__(self, "policy", policy)  # not a submodule: its weights are registered once, as `model`
+        self.model = policy.model
+        config = self.model.config
+        self.optimizer_kind = optimizer
+        self.chunk_size = int(config.chunk_size)
+        self.action_dim = int(getattr(policy, "action_dim", config.env_action_dim))
+        self.num_denoise_steps = num_denoise_steps
+        self.noise = NoiseScale(config.max_action_dim, noise_scale, learnable=learn_noise_scale and optimizer == "ppo")
+        self.condition = AdvantageCondition(config.expert.width) if optimizer == "cfg" else None
+        self.guidance_weight = guidance_weight
+        self.cfg_rollout_noise = cfg_rollout_noise
+        self.register_buffer(
+            "mask", logprob_mask(self.chunk_size, config.max_action_dim, min(replan_steps, self.chunk_size), logprob_action_dims)
+        )
+        self.deterministic = False  # True: plain ODE sampling (no injected noise), e.g. for evaluation
+        self.generator = torch.Generator().manual_seed(seed)  # rollout noise; its state is checkpointed
+
+    # --- rollout (RolloutPolicy) -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_chunks(self, observations: Sequence[dict[str, np.ndarray]], instructions: Sequence[str]) -> PolicyOutput:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            inputs = self.policy.prepare_batch(list(observations), list(instructions))
+            cache = self.prefix_cache(inputs, with_grad=False)
+            batch = len(observations)
+            noise = torch.randn(batch, self.chunk_size, self.model.config.max_action_dim, generator=self.generator)
+            noise = noise.to(self.model.device)
+            velocity = self._rollout_velocity(cache, inputs.state, batch)
+            stochastic = not self.deterministic and (self.optimizer_kind == "ppo" or self.cfg_rollout_noise)
+            # Without injected noise the chain is the plain Euler ODE (zero-width mask: nothing is sampled).
+            mask = self.mask if stochastic else torch.zeros_like(self.mask)
+            chain, log_prob = sde_sample(velocity, noise, self.num_denoise_steps, self.noise(), mask, self.generator)
+            env_actions = self.policy.postprocess(chain[:, -1], inputs.raw_state)
+        finally:
+            self.model.train(was_training)
+        chain_np = chain.to(torch.float32).cpu().numpy()
+        extras = [
+            {"chain": chain_np[b], "log_prob": float(log_prob[b]), "stochastic": stochastic} for b in range(batch)
+        ]
+        return PolicyOutput(actions=np.asarray(env_actions, dtype=np.float64), extras=extras)
+
+    def _rollout_velocity(self, cache, state: torch.Tensor, batch: int):
+        model = self.model
+        if self.condition is None:
+            return lambda x, t: model.velocity(cache, state, x, t)
+        positive = self.condition(torch.full((batch,), POSITIVE, dtype=torch.long, device=state.device))
+        null = self.condition(torch.full((batch,), NULL, dtype=torch.long, device=state.device))
+
+        def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return guided_velocity(
+                model.velocity(cache, state, x, t, positive), model.velocity(cache, state, x, t, null), self.guidance_weight
+            )
+
+        return guided
+
+    # --- update-time scoring -------------------------------------------------------------------------------------
+    def prefix_cache(self, inputs: Any, with_grad: bool):
+        """The vision-language prefix; without gradient when only the action expert trains (saves its backward)."""
+        with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
+            return self.model.compute_prefix_cache(inputs.images, inputs.image_masks, inputs.tokens, inputs.token_masks)
+
+    def chain_log_prob(
+        self, inputs: Any, chains: torch.Tensor, prefix_grad: bool, reference: "RLPolicy | None" = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probabilities [B] of recorded chains under the current weights (and the KL to `reference`)."""
+        cache = self.prefix_cache(inputs, with_grad=prefix_grad)
+        velocity = lambda x, t: self.model.velocity(cache, inputs.state, x, t)  # noqa: E731
+        reference_velocity = None
+        if reference is not None:
+            with torch.no_grad():
+                reference_cache = reference.prefix_cache(inputs, with_grad=False)
+            reference_velocity = lambda x, t: reference.model.velocity(reference_cache, inputs.state, x, t)  # noqa: E731
+        return chain_log_prob(velocity, chains, self.noise(), self.mask, reference_velocity)
+
+    def cfg_loss(
+        self,
+        inputs: Any,
+        actions: torch.Tensor,
+        labels: torch.Tensor,
+        noise: torch.Tensor,
+        time: torch.Tensor,
+        prefix_grad: bool,
+        reference: "RLPolicy | None" = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-sample conditioned flow-matching loss [B] on the executed entries of the normalised chunks `actions`,
+        and (with `reference`) the per-sample squared velocity gap to the reference, the flow analogue of a KL."""
+        if self.condition is None:
+            raise RuntimeError("cfg_loss needs algo.optimizer=cfg (no condition embeddings were built)")
+        cache = self.prefix_cache(inputs, with_grad=prefix_grad)
+        x_t, target = flow_matching_targets(actions, noise, time)
+        predicted = self.model.velocity(cache, inputs.state, x_t, time, self.condition(labels))
+        loss = cfg_flow_loss(predicted, target, self.mask)
+        gap = None
+        if reference is not None:
+            with torch.no_grad():
+                reference_cache = reference.prefix_cache(inputs, with_grad=False)
+                null = torch.full_like(labels, NULL)
+                reference_v = reference.model.velocity(reference_cache, inputs.state, x_t, time, reference.condition(null))
+            gap = cfg_flow_loss(predicted, reference_v, self.mask)
+        return loss, gap
+
+    def trainable_parameters(self, expert_only: bool) -> list[nn.Parameter]:
+        """Everything, or (expert_only) the action expert, the action/state/time projections and the RL heads; the
+        vision tower and the language model are frozen (requires_grad False) in that case."""
+        if expert_only:
+            for p in self.model.paligemma_with_expert.paligemma.parameters():
+                p.requires_grad_(False)
+        return [p for p in self.parameters() if p.requires_grad]
