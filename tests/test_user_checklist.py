@@ -29,3 +29,15 @@ def test_integration_script():
     result = _run([sys.executable, "test_ript_vla_integration.py"], timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "6 passed, 0 failed" in result.stdout
+
+
+@pytest.mark.libero
+def test_quick_single_gpu_test_runs_one_ript_iteration(tmp_path):
+    result = _run(
+        [sys.executable, "quick_single_gpu_test.py", "--config_path", "pi0/ript/config/ript_vla_test.yaml",
+         f"train.output_dir={tmp_path / 'quick'}", "task.image_size=64", "task.fast_render=true"],
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "✅ one RIPT iteration" in result.stdout and "1 update(s)" in result.stdout
+    assert (tmp_path / "quick" / "metrics.jsonl").exists()
