@@ -50,7 +50,7 @@ def _user_error_hint(exc: BaseException) -> str | None:
         import torch
 
         if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return "CUDA out of memory: lower task.num_parallel_envs (e.g. task.num_parallel_envs=1), or use policy.dtype=bfloat16 / train.expert_only=true"
+            return "CUDA out of memory: lower task.num_parallel_envs (e.g. task.num_parallel_envs=1); for eval also policy.dtype=bfloat16, for training train.expert_only=true"
     except ImportError:
         pass
     return None
