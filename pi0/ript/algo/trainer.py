@@ -267,7 +267,7 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
                 "update/grad_norm": grad_norm / world_size / max(steps_taken, 1),
                 "update/optimizer_steps": optimizer_steps,
                 "update/learning_rate": scheduler.get_last_lr()[0],
-                "update/noise_scale": float(rl.noise().mean()),
+                "update/noise_scale": float(rl.noise().detach().mean()),
                 "time/rollout_s": rollout_seconds,
                 "time/update_s": update_seconds,
             }
