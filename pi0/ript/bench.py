@@ -59,6 +59,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="shorter runs; fewer points (sim/runner N = 1 and max only)")
     p.add_argument("--smoke", action="store_true", help="tiny run of every section, small images: checks the bench works")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--markdown", default=None, metavar="JSON", help="print the tables of a saved run as markdown, run nothing")
     args = p.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(args.sections) - set(ALL_SECTIONS)
@@ -228,7 +229,7 @@ def bench_pickle(args, results, observation) -> None:
     }
     results["pickle"] = out
     print(f"pickle: {nbytes / 1e3:.0f} kB per observation, {pipe_s * 1e3:.2f} ms through a pipe"
-          + (f" = {out['fraction_of_rendered_step']:.1%} of a rendered step ({step_s * 1e3:.0f} ms)" if step_s else ""))
+          + (f" = {out['fraction_of_rendered_step']:.3%} of a rendered step ({step_s * 1e3:.0f} ms)" if step_s else ""))
 
 
 # ------------------------------------------------------------------------------------------------------- inference
@@ -313,7 +314,8 @@ def _requests(args, runner, count: int):
     return [EpisodeRequest(task_id=args.task, init_state=i % 50) for i in range(count)]
 
 
-def _measure_runner(args, runner, policy, replan: int, overlap: bool = True, warm: bool = True) -> dict[str, Any]:
+def _measure_runner(args, runner, policy, replan: int, overlap: bool = True, warm: bool = True,
+                    episodes_per_worker: int | None = None) -> dict[str, Any]:
     """A measured run of episodes_per_worker x N episodes of episode_length steps, after a warm-up episode per
     worker (env build and first hard reset left out). Returns throughput, phases and per-episode outcomes."""
     runner.policy = policy
@@ -326,7 +328,8 @@ def _measure_runner(args, runner, policy, replan: int, overlap: bool = True, war
             pass
     runner.max_steps = args.episode_length
     runner.stats.reset()
-    episodes = sorted(runner.run_episodes(_requests(args, runner, n * args.episodes_per_worker)), key=lambda e: e.request_id)
+    per_worker = episodes_per_worker or args.episodes_per_worker
+    episodes = sorted(runner.run_episodes(_requests(args, runner, n * per_worker)), key=lambda e: e.request_id)
     stats = runner.stats.as_dict()
     wall = stats["wall_seconds"]
     seconds = dict(stats["seconds"])
@@ -386,7 +389,9 @@ def bench_latency(args, results, pool) -> None:
             policy = LatencyPolicy(base, latency)
             point = {}
             for overlap in (False, True):
-                point["overlapped" if overlap else "lockstep"] = _measure_runner(args, runner, policy, replan, overlap)
+                # Half the episodes per worker of the other sections: 8 runs at N workers would dominate the bench.
+                point["overlapped" if overlap else "lockstep"] = _measure_runner(
+                    args, runner, policy, replan, overlap, episodes_per_worker=max(1, args.episodes_per_worker // 2))
             on, off = point["overlapped"], point["lockstep"]
             limits = [x for x in (sim_limit(results, n, replan), inference_limit(results, name, n, replan)) if x]
             point["sim_limit"] = sim_limit(results, n, replan)
@@ -507,8 +512,90 @@ def targets(results) -> list[dict[str, Any]]:
     return rows
 
 
+def _f(x, digits=3):
+    return "n/a" if x is None else (f"{x:.{digits}g}" if isinstance(x, float) else str(x))
+
+
+def markdown(results) -> str:
+    """The tables of docs/PERFORMANCE.md, from a saved run (so the doc shows exactly what the bench measured)."""
+    lines = []
+    add = lines.append
+    st, m = results["settings"], results["machine"]
+    add(f"Settings: {st['suite']} task {st['task']}, {st['image_size']}x{st['image_size']} px, two cameras, fast_render={st['fast_render']}, "
+        f"episodes of {st['episode_length']} steps; load average at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}, "
+        f"at end {', '.join(f'{x:.2f}' for x in m['load_average_at_end'])}; 1-min load after each section "
+        f"{', '.join(f'{k} {v:.1f}' for k, v in m.get('load_after_section', {}).items())}; bench wall time {results['wall_seconds']:.0f} s.\n")
+    if "sim" in results:
+        add("| simulation limit (no policy) | " + " | ".join(results["sim"]["1"].keys()) + " |")
+        add("|---" * (1 + len(results["sim"]["1"])) + "|")
+        for n, point in results["sim"].items():
+            add(f"| N={n} workers | " + " | ".join(_f(v["env_steps_per_second"]) for v in point.values()) + " |")
+        add("\n(env-steps/s; `render_every_k`: observation rendered every k-th step; `episodes_...`: episodes of the bench's length with resets between them, the runner's exact env work)\n")
+    if "pickle" in results:
+        pk = results["pickle"]
+        add(f"Observation transport: {pk['bytes'] / 1e3:.0f} kB pickled, {pk['pipe_seconds'] * 1e3:.2f} ms through a pipe "
+            f"(pickle round trip alone {pk['pickle_roundtrip_seconds'] * 1e3:.2f} ms), a rendered step {_f((pk['rendered_step_seconds'] or 0) * 1e3)} ms: "
+            f"**{_f((pk['fraction_of_rendered_step'] or 0) * 100)}%** of a step.\n")
+    if "inference" in results:
+        inf = results["inference"]
+        batches = list(next(iter(inf.values())).keys())
+        add("| inference limit (chunks/s) | " + " | ".join(f"B={b}" for b in batches) + " |")
+        add("|---" * (1 + len(batches)) + "|")
+        for name, point in inf.items():
+            add(f"| {name} | " + " | ".join(_f(point[b]["chunks_per_second"]) for b in batches) + " |")
+        add("")
+    def row(name, p):
+        ph = p["phase_seconds"]
+        return (f"| {name} | {_f(p['env_steps_per_second'])} | {_f(p['episodes_per_hour'])} | {_f(p.get('ratio_to_sim_limit'))} | "
+                f"{_f(p.get('ratio_to_serial'))} | {_f(p['mean_batch_size'])} | {ph['waiting_on_workers']:.1f} / {ph['inference']:.1f} / {ph['main_loop_other']:.1f} of {p['wall_seconds']:.1f} |")
+    head = "| run | env-steps/s | episodes/h | / sim limit | / serial | mean batch | s waiting / inference / other of wall |\n|---|---|---|---|---|---|---|"
+    if "runners" in results:
+        add("Runners, small policy, replan 5:\n")
+        add(head)
+        for name, p in results["runners"].items():
+            add(row(name, p))
+        add("")
+    if "latency" in results:
+        add(f"Latency policy, {st['latency_workers']} workers:\n")
+        add("| policy, replan | lock-step | overlapped | overlapped / lock-step | sim limit | inference limit | overlapped / min(limits) | batch (lock / over) | same episodes |")
+        add("|---|---|---|---|---|---|---|---|---|")
+        for name, p in results["latency"].items():
+            add(f"| {name} | {_f(p['lockstep']['env_steps_per_second'])} | {_f(p['overlapped']['env_steps_per_second'])} | "
+                f"{_f(p['overlapped_over_lockstep'])} | {_f(p['sim_limit'])} | {_f(p['inference_limit'])} | {_f(p.get('overlapped_over_min_limit'))} | "
+                f"{_f(p['lockstep']['mean_batch_size'])} / {_f(p['overlapped']['mean_batch_size'])} | {p['same_episodes']} |")
+        add("\nPhases (s waiting on workers / inference / other, of wall; with overlap, inference runs during the waiting):\n")
+        add(head)
+        for name, p in results["latency"].items():
+            for mode in ("lockstep", "overlapped"):
+                add(row(f"{name} {mode}", p[mode]))
+        add("")
+    if "features" in results:
+        add("Render on demand + fast reset, on vs off, small policy:\n")
+        add("| workers, replan | on: env-steps/s | off: env-steps/s | ratio | on: episodes/h | off: episodes/h | ratio | on / sim limit (same rendering) |")
+        add("|---|---|---|---|---|---|---|---|")
+        for name, p in results["features"].items():
+            on, off = p.get("on", {}), p.get("off", {})
+            add(f"| {name} | {_f(on.get('env_steps_per_second'))} | {_f(off.get('env_steps_per_second'))} | {_f(p.get('steps_ratio_on_over_off'))} | "
+                f"{_f(on.get('episodes_per_hour'))} | {_f(off.get('episodes_per_hour'))} | {_f(p.get('episodes_ratio_on_over_off'))} | {_f(p.get('on_over_sim_limit_same_render'))} |")
+        add("")
+    if "memory" in results:
+        mem = results["memory"]
+        add(f"Memory: main process {mem['main_rss_bytes'] / 2**20:.0f} MiB; workers "
+            + ", ".join(f"{r / 2**20:.0f} MiB" for r in mem["worker_rss_bytes"])
+            + f"; bare env process {mem['bare_env_rss_bytes'] / 2**20:.0f} MiB; worker / bare " + ", ".join(f"{x:.3f}" for x in mem["worker_over_bare"]) + ".\n")
+    add("| target | measured | goal | verdict |\n|---|---|---|---|")
+    for t in results.get("targets", []):
+        verdict = {True: "met", False: "**not met**", None: "not measured"}[t["met"]]
+        add(f"| {t['target']} | {_f(t['measured'])} | {t['goal']} | {verdict} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(markdown(json.load(f)))
+        return 0
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
     import torch
@@ -524,23 +611,32 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_at_start": os.getloadavg()},
     }
     started = time.perf_counter()
+    # Other jobs on a shared machine skew every number: the 1-minute load after each section goes in the JSON.
+    results["machine"]["load_after_section"] = {}
     pool = _RunnerPool(args)
     observation = None
     try:
         if "sim" in args.sections:
             observation = bench_sim(args, results)
+            results["machine"]["load_after_section"]["sim"] = os.getloadavg()[0]
         if "pickle" in args.sections:
             bench_pickle(args, results, observation)
+            results["machine"]["load_after_section"]["pickle"] = os.getloadavg()[0]
         if "inference" in args.sections:
             bench_inference(args, results)
+            results["machine"]["load_after_section"]["inference"] = os.getloadavg()[0]
         if "runners" in args.sections:
             bench_runners(args, results, pool)
+            results["machine"]["load_after_section"]["runners"] = os.getloadavg()[0]
         if "latency" in args.sections:
             bench_latency(args, results, pool)
+            results["machine"]["load_after_section"]["latency"] = os.getloadavg()[0]
         if "features" in args.sections:
             bench_features(args, results, pool)
+            results["machine"]["load_after_section"]["features"] = os.getloadavg()[0]
         if "memory" in args.sections:
             bench_memory(args, results, pool)
+            results["machine"]["load_after_section"]["memory"] = os.getloadavg()[0]
     finally:
         pool.close()
     results["machine"]["load_average_at_end"] = os.getloadavg()

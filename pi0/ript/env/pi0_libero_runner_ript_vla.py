@@ -2,10 +2,14 @@
 
 The loop is event driven. Each worker runs one episode at a time; when it answers a step, its env either takes the
 next action from its own queue at once, or joins the set of envs waiting for the policy. Those are batched into one
-`predict_chunks` call. With `runner.overlap_inference` (default) the policy runs as soon as any env waits, so the
-other workers keep simulating while the model computes; without it the policy waits until no worker is mid-step
-(lock-step batches). A finished env takes the next pending episode, preferring one of the task it already has loaded
-(its simulation can then be reset without a rebuild).
+`predict_chunks` call. With `runner.overlap_inference` (default) the policy runs in a background thread as soon as any
+env waits and no call is already running; meanwhile this loop keeps collecting replies and sending queued actions, so
+the other workers keep simulating while the model computes, and envs that finish a chunk during the call gather into
+the next batch (the batch grows by itself when the model is the bottleneck). Without it the policy is called here,
+synchronously, once no worker is mid-step (lock-step batches). Scheduling never changes an episode: each env's
+actions depend only on its own observations, for a policy whose samples do not depend on their batch-mates.
+A finished env takes the next pending episode, preferring one of the task it already has loaded (its simulation can
+then be reset without a rebuild).
 
 Workers that die or hang are replaced, and their episode is run again from its init state, so every request yields
 exactly one episode. Ctrl-C or an error closes every worker: no process is left behind.
@@ -14,8 +18,10 @@ exactly one episode. Ctrl-C or an error closes every worker: no process is left 
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import wait
 from typing import Iterable, Iterator
 
@@ -55,6 +61,14 @@ class PI0LiberoRunner(RunnerBase):
         self.max_worker_restarts = int(self.cfg.runner.max_worker_restarts)
         self.overlap_inference = bool(self.cfg.runner.overlap_inference)
         self._slots: list[_Slot] = []
+        # Overlapped inference: one background thread runs the policy (one model, one call at a time). Why a thread:
+        # a synchronous call blocks this loop, so a worker finishing a step during the call could not get its next
+        # queued action before the call ends (measured in docs/PERFORMANCE.md: with a 200 ms policy that cost most of
+        # the overlap). The thread writes a byte to `_wake` when done so `wait()` on the workers also wakes for it.
+        self._executor: ThreadPoolExecutor | None = None
+        self._wake_r, self._wake_w = None, None
+        self._inflight: tuple[Future, list[_Slot]] | None = None
+        self._woken = False
 
     # --- workers ----------------------------------------------------------------------------------------------
     def start_workers(self) -> list[EnvWorker]:
@@ -83,6 +97,13 @@ class PI0LiberoRunner(RunnerBase):
         for slot in self._slots:
             slot.worker.close()
         self._slots = []
+        self._inflight = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)  # a call in flight finishes (it only touches its own episodes)
+            self._executor = None
+            self._wake_r.close()
+            self._wake_w.close()
+            self._wake_r, self._wake_w = None, None
 
     # --- the loop -------------------------------------------------------------------------------------------
     def run_episodes(self, requests: Iterable[EpisodeRequest], want_frames: bool = False) -> Iterator[Episode]:
@@ -95,9 +116,17 @@ class PI0LiberoRunner(RunnerBase):
             while pending or any(slot.request is not None for slot in self._slots):
                 for episode in self._collect_replies(pending, want_frames):
                     yield episode
-                waiting = [s for s in self._slots if s.episode is not None and not s.busy and s.episode.needs_inference()]
-                mid_step = any(s.busy for s in self._slots)
-                if waiting and (self.overlap_inference or not mid_step):
+                for episode in self._finish_inference(pending, want_frames):
+                    yield episode
+                inferring = self._inflight[1] if self._inflight is not None else []
+                waiting = [s for s in self._slots if s.episode is not None and not s.busy
+                           and s.episode.needs_inference() and s not in inferring]
+                if not waiting:
+                    continue
+                if self.overlap_inference:
+                    if self._inflight is None:
+                        self._start_inference(waiting)
+                elif not any(s.busy for s in self._slots):
                     self._infer([s.episode for s in waiting])
                     for slot in waiting:
                         episode = self._advance(slot, pending, want_frames)
@@ -105,6 +134,7 @@ class PI0LiberoRunner(RunnerBase):
                             yield episode
             finished_cleanly = True
         finally:
+            self._inflight, self._woken = None, False  # a call still running only touches this abandoned run's episodes
             if not finished_cleanly:
                 # Interrupted (Ctrl-C, an error, or the consumer stopped early): workers may be mid-command, and a
                 # half-run episode must not leak into the next call. Stop them all; the next call starts fresh ones.
@@ -131,14 +161,50 @@ class PI0LiberoRunner(RunnerBase):
         except WorkerDied as exc:
             self._retry(slot, str(exc))
 
+    # --- overlapped inference ----------------------------------------------------------------------------------
+    def _start_inference(self, slots: list[_Slot]) -> None:
+        """Run the policy for these envs in the background thread; their slots stay out of `waiting` until done."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+            self._wake_r, self._wake_w = mp.Pipe(duplex=False)
+        episodes = [s.episode for s in slots]
+        wake_w = self._wake_w
+
+        def call():
+            try:
+                self._infer(episodes)  # touches only these episodes and the "inference" timer
+            finally:
+                wake_w.send_bytes(b"1")
+
+        self._inflight = (self._executor.submit(call), slots)
+
+    def _finish_inference(self, pending: deque, want_frames: bool) -> Iterator[Episode]:
+        if self._inflight is None or not (self._woken or self._inflight[0].done()):
+            return
+        future, slots = self._inflight
+        self._inflight, self._woken = None, False
+        # The thread wakes us just before its future is marked done, so wait the last instant here; result()
+        # re-raises a policy error in the loop, as the synchronous path would.
+        future.result()
+        for slot in slots:
+            episode = self._advance(slot, pending, want_frames)
+            if episode is not None:
+                yield episode
+
     def _collect_replies(self, pending: deque, want_frames: bool) -> Iterator[Episode]:
         busy = [s for s in self._slots if s.busy]
-        if not busy:
+        inferring = self._inflight is not None
+        if not busy and not inferring:
             return
         started = time.perf_counter()
-        timeout = max(0.0, min(self.worker_timeout_s - s.worker.seconds_in_flight() for s in busy))
-        ready = wait([s.worker.conn for s in busy], timeout=timeout)
+        timeout = max(0.0, min(self.worker_timeout_s - s.worker.seconds_in_flight() for s in busy)) if busy else None
+        conns = [s.worker.conn for s in busy] + ([self._wake_r] if inferring else [])
+        ready = wait(conns, timeout=timeout)
         self.stats.seconds["waiting_on_workers"] += time.perf_counter() - started
+        if inferring and self._wake_r in ready:
+            while self._wake_r.poll():
+                self._wake_r.recv_bytes()
+            self._woken = True  # the call is done (or about to be); _finish_inference takes its result
         for slot in busy:
             if slot.worker.conn in ready:
                 command = slot.worker.pending
