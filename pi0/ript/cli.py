@@ -65,9 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. task.num_parallel_envs=4")
         if name == "train":
             p.add_argument("--resume", action="store_true", help="continue from the checkpoint in train.output_dir")
-    bench = sub.add_parser("bench", help="throughput and memory benchmarks")
+    bench = sub.add_parser("bench", help="throughput and memory benchmarks: `bench [runner|model] [options]`")
     bench.add_argument("target", nargs="?", default="runner", choices=("runner", "model"))
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the chosen benchmark (--help for them)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The benchmarks parse their own options; only the optional target name is ours, so `pi0-ript bench --out x`
+    # means the runner bench rather than an unknown target.
+    bench_args: list[str] = []
+    if argv[:1] == ["bench"]:
+        has_target = len(argv) > 1 and argv[1] in ("runner", "model")
+        argv, bench_args = argv[: 1 + has_target], argv[1 + has_target :]
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -78,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 from pi0.model.bench import main as bench_main
             else:
                 from pi0.ript.bench import main as bench_main
-            return bench_main(args.bench_args) or 0
+            return bench_main(bench_args) or 0
         cfg = load_config(_config_path(args.config), args.overrides)
         if args.command == "eval":
             from pi0.ript.evaluate import run_eval
