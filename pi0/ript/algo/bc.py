@@ -6,7 +6,7 @@ to show improvement. The demonstrator heads straight for the named target; its p
 noise (DART-style) so the data also shows how to recover from small errors, while every label is the clean
 demonstrator's next `chunk_size` actions from the state actually visited.
 
-    python -m pi0.ript.algo.bc --output checkpoints/reach_bc --steps 60
+    python -m pi0.ript.algo.bc --output checkpoints/reach_bc --steps 75
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def behaviour_clone(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="behaviour-clone a tiny pi0 on scripted reach demonstrations")
     parser.add_argument("--output", required=True, help="directory for the PI0Policy checkpoint")
-    parser.add_argument("--steps", type=int, default=60, help="BC optimizer steps: 60 gives ~40%% success, 300 ~100%%")
+    parser.add_argument("--steps", type=int, default=75, help="BC optimizer steps: 75 gives ~30-50%% success, 300 ~100%%")
     parser.add_argument("--image-size", type=int, default=56, help="env and model image size (multiple of 14)")
     parser.add_argument("--chunk-size", type=int, default=10)
     parser.add_argument("--demos-per-task", type=int, default=50, help="init states 0..N-1 of each task")
