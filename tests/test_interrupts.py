@@ -4,6 +4,7 @@ re-running the same command resumes instead of starting over."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -46,3 +47,32 @@ def test_signal_during_eval_keeps_results_and_resume_finishes(sig, tmp_path):
     assert results["episodes"] == 120
     lines = [json.loads(line) for line in episodes.read_text().splitlines()]
     assert len(lines) == 120 and len({(r["task_id"], r["init_state_index"]) for r in lines}) == 120
+
+
+PARENT_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import reach_config
+from pi0.ript.env.episode import EpisodeRequest
+from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner
+from pi0.ript.policy.small_policy import SmallPolicy
+
+if __name__ == "__main__":
+    runner = PI0LiberoRunner(SmallPolicy(chunk_size=8), config=reach_config("task.num_parallel_envs=2", "task.max_episode_length=200"))
+    for episode in runner.run_episodes([EpisodeRequest(0, i % 50) for i in range(1000)]):
+        print("episode", flush=True)
+"""
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    """SIGKILL gives the parent no chance to clean up: the workers must notice on their own and exit."""
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT_SCRIPT.format(tests=str(Path(__file__).parent)))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    assert parent.stdout.readline().startswith("episode")
+    children = psutil.Process(parent.pid).children(recursive=True)
+    assert len(children) >= 2
+    parent.kill()
+    parent.wait(timeout=30)
+    _, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, f"left behind after the parent died: {[p.pid for p in alive]}"
