@@ -245,3 +245,17 @@ def _gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def test_overlapped_calls_batch_every_env_when_the_policy_is_the_bottleneck(no_orphans):
+    """Reach steps take ~1 ms, a 100 ms policy dominates: overlapped calls must not split the envs into small
+    batches that each pay the latency (they would halve throughput); every call should carry all four envs."""
+    from pi0.ript.bench_policies import LatencyPolicy
+
+    cfg = reach_config("task.num_parallel_envs=4", "task.replan_steps=1", "task.max_episode_length=10")
+    with PI0LiberoRunner(LatencyPolicy(POLICY, 0.1), config=cfg) as runner:
+        for worker in runner.start_workers():
+            worker.wait_started(timeout=120)
+        list(runner.run_episodes([EpisodeRequest(0, i) for i in range(4)]))
+        stats = runner.stats.as_dict()
+    assert stats["mean_batch_size"] >= 3.5, stats

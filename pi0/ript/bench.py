@@ -45,7 +45,7 @@ ALL_SECTIONS = ("sim", "pickle", "inference", "runners", "latency", "features", 
 # ------------------------------------------------------------------------------------------------------- settings
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pi0-ript bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", default="libero_spatial")
+    p.add_argument("--suite", default="libero_spatial", help="a LIBERO suite, or reach (policy-bound regime)")
     p.add_argument("--task", type=int, default=0)
     p.add_argument("--image-size", type=int, default=224, help="camera height = width (both cameras)")
     p.add_argument("--fast-render", action="store_true", help="cheap rendering (images differ from training)")
@@ -82,6 +82,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _spec(args, on: bool = True):
+    if args.suite == "reach":  # the built-in CPU task: simulation nearly free, so the policy is the bottleneck
+        from pi0.ript.env.reach_sim import ReachEnvSpec
+
+        return ReachEnvSpec(image_size=args.image_size)
     from pi0.ript.env.libero_sim import LiberoEnvSpec
 
     return LiberoEnvSpec(benchmark_name=args.suite, image_size=args.image_size, seed=0, fast_render=args.fast_render,
