@@ -107,7 +107,7 @@ def test_tasks_are_sharded_over_ranks_round_robin():
 
 
 class _BadPolicy:
-    """Returns a NaN chunk for the env whose observation matches `poison_task` (by instruction) once per call."""
+    """Returns a bad chunk ("nan": NaN for the green-target task; "shape": 6-dim actions for every env)."""
 
     action_dim, chunk_size = 7, 4
 

@@ -168,12 +168,10 @@ def validate(cfg: DictConfig) -> None:
             "features.enable_parallel_envs / enable_true_parallel_envs: the serial LIBEROEnvRunner runs one env; "
             "set features.use_ript_vla_runner: true for parallel envs"
         )
-    validate_algo = getattr(AlgoConfig, "validate", None)
-    if validate_algo is not None:
-        try:
-            validate_algo(cfg)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+    try:
+        AlgoConfig.validate(cfg)  # the algo/train checks live beside their keys
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def apply_debug_mode(cfg: DictConfig) -> DictConfig:
