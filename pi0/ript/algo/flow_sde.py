@@ -1,15 +1,25 @@
 """A stochastic flow sampler with a tractable chunk log-probability (pi_RL's "flow-noise" idea).
 
 pi0 integrates the flow ODE dx/dt = v(x, t) from pure noise at t = 1 to the action chunk at t = 0 with Euler steps
-(dt = -1/N). That map is deterministic given the initial noise, so a chunk has no usable likelihood. Here every Euler
-step also adds Gaussian noise, making each step a Gaussian transition
-
-    x_{k+1} ~ N(mu_k, sigma^2 |dt|),   mu_k = x_k + dt * v_theta(x_k, t_k),
-
-so the log-probability of a whole denoising chain is the sum of per-step Gaussian log-densities. The chain is
+(dt = -1/N). That map is deterministic given the initial noise, so a chunk has no usable likelihood. Here each
+step also draws Gaussian noise, making it a Gaussian transition x_{k+1} ~ N(mu_theta(x_k, t_k), std_k^2), so the
+log-probability of a whole denoising chain is the sum of per-step Gaussian log-densities. The chain is
 recorded at rollout time; at update time the same chain is scored under the current weights (`chain_log_prob`),
 which gives the PPO ratio. Noise is injected only where `mask` is set (the executed horizon positions and the real
 action dimensions), so exactly the stochastic part is scored; masked-out entries follow the plain ODE.
+
+Two transition kinds (`algo.sampler`):
+
+- `additive`: the Euler step x + dt*v plus N(0, sigma^2 |dt|) noise, sigma = `noise_scale`. Simple, but the injected noise adds to the spread
+  the policy already gets from its starting noise, and that starting noise, which the chain log-probability does not
+  score, keeps deciding most of the outcome, so PPO's credit assignment is weak.
+- `ddpm` (the default): the generalised DDIM step (Song et al. 2021) for pi0's interpolant x_t = t*eps + (1-t)*a.
+  From the velocity the model's clean-action and noise estimates are a_hat = x - t*v and eps_hat = x + (1-t)*v;
+  the next state is x' = (1-t')*a_hat + sqrt(t'^2 - s^2)*eps_hat + s*z with s = eta * s_ddpm, where s_ddpm^2 =
+  t'^2 * (1 - ((1-t)*t' / ((1-t')*t))^2) is the ancestral (DDPM posterior) variance and eta = `noise_scale` in
+  (0, 1]. It keeps the ODE's marginals (eta = 0 is exactly the Euler step), so the injected noise does not blur the
+  actions, and at t = 1 the posterior forgets the starting noise except through a_hat: the chain's randomness is
+  the scored part. The last step (t' = 0) is deterministic: x' = a_hat, and carries no log-density.
 """
 
 from __future__ import annotations
@@ -40,23 +50,39 @@ class NoiseScale(nn.Module):
         return self.log_scale.exp()
 
 
-def time_grid(num_steps: int) -> tuple[torch.Tensor, float]:
-    """The Euler times t_0 = 1 > ... > t_{N-1} = 1/N and the step dt = -1/N (pi0's convention)."""
-    dt = -1.0 / num_steps
-    return torch.tensor([1.0 + k * dt for k in range(num_steps)]), dt
+def step_times(num_steps: int) -> list[float]:
+    """The Euler times 1 = t_0 > t_1 > ... > t_N = 0 (pi0's convention: noise at t = 1, the action at t = 0)."""
+    return [1.0 - k / num_steps for k in range(num_steps)] + [0.0]
 
 
-def step_std(scale: torch.Tensor, dt: float) -> torch.Tensor:
-    """Standard deviation of one transition: sigma * sqrt(|dt|), so the total injected variance is sigma^2."""
-    return scale * math.sqrt(abs(dt))
+SAMPLERS = ("ddpm", "additive")
 
 
-def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum over masked entries of log N(x; mean, std^2); x, mean [B,H,D], std broadcastable, mask [B,H,D] -> [B]."""
-    log_std = torch.log(std).expand_as(x)
-    z = (x - mean) / std
-    per_element = -0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
-    return (per_element * mask).sum(dim=(1, 2))
+def transition(
+    x: torch.Tensor, v: torch.Tensor, t: float, t_next: float, scale: torch.Tensor, mask: torch.Tensor, sampler: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation (both [B,H,D]) of the Gaussian step from x at time t to t_next < t, given the
+    velocity v. The std is zero outside `mask` and wherever the step is deterministic; there the mean is the ODE's."""
+    if sampler == "additive":
+        return x + (t_next - t) * v, scale * math.sqrt(t - t_next) * mask
+    if sampler != "ddpm":
+        raise ValueError(f"algo.sampler={sampler!r}: use one of {', '.join(SAMPLERS)}")
+    clean, noise = x - t * v, x + (1.0 - t) * v
+    if t_next <= 0.0:
+        return clean, torch.zeros_like(x)
+    kept_noise = (1.0 - t) * t_next / ((1.0 - t_next) * t)  # in [0, 1): 0 at t = 1, where nothing of x is kept
+    ddpm_std = t_next * math.sqrt(max(1.0 - kept_noise**2, 0.0))
+    std = scale.clamp(max=1.0) * ddpm_std * mask
+    return (1.0 - t_next) * clean + torch.sqrt((t_next**2 - std.pow(2)).clamp_min(0.0)) * noise, std
+
+
+def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Sum of log N(x; mean, std^2) over the entries with std > 0 (the stochastic ones); [B,H,D] -> [B]."""
+    stochastic = std > 0
+    safe_std = torch.where(stochastic, std, torch.ones_like(std))
+    z = (x - mean) / safe_std
+    per_element = -0.5 * z.pow(2) - torch.log(safe_std) - 0.5 * math.log(2 * math.pi)
+    return (per_element * stochastic).sum(dim=(1, 2))
 
 
 @torch.no_grad()
@@ -67,20 +93,21 @@ def sde_sample(
     scale: torch.Tensor,
     mask: torch.Tensor,
     generator: torch.Generator | None = None,
+    sampler: str = "ddpm",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample a chain from `noise` [B,H,D]. Returns (chain [B, N+1, H, D], log-prob [B]); chain[:, -1] is the chunk."""
-    times, dt = time_grid(num_steps)
-    std = step_std(scale, dt).to(noise)
+    times = step_times(num_steps)
+    scale = scale.to(noise)
     mask = mask.to(noise).expand_as(noise)
     x = noise
     chain = [x]
     log_prob = torch.zeros(noise.shape[0], dtype=noise.dtype, device=noise.device)
     for k in range(num_steps):
-        t = torch.full((noise.shape[0],), float(times[k]), dtype=noise.dtype, device=noise.device)
-        mean = x + dt * velocity(x, t)
+        t = torch.full((noise.shape[0],), times[k], dtype=noise.dtype, device=noise.device)
+        mean, std = transition(x, velocity(x, t), times[k], times[k + 1], scale, mask, sampler)
         eps = torch.randn(noise.shape, generator=generator, dtype=noise.dtype, device=noise.device)
-        x = mean + std * eps * mask
-        log_prob = log_prob + gaussian_log_density(x, mean, std, mask)
+        x = mean + std * eps
+        log_prob = log_prob + gaussian_log_density(x, mean, std)
         chain.append(x)
     return torch.stack(chain, dim=1), log_prob
 
@@ -91,25 +118,29 @@ def chain_log_prob(
     scale: torch.Tensor,
     mask: torch.Tensor,
     reference_velocity: VelocityFn | None = None,
+    sampler: str = "ddpm",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probability [B] of a recorded chain [B, N+1, H, D] under `velocity` (differentiable in its weights and in
     `scale`). With `reference_velocity`, also the KL [B] from this policy's transitions to the reference policy's on
-    the same states: both are Gaussians with the same std, so KL = sum ||mu - mu_ref||^2 / (2 std^2)."""
+    the same states: both are Gaussians with the same std, so KL = sum ||mu - mu_ref||^2 / (2 std^2) over the
+    stochastic entries."""
     num_steps = chain.shape[1] - 1
-    times, dt = time_grid(num_steps)
-    std = step_std(scale, dt).to(chain)
+    times = step_times(num_steps)
+    scale = scale.to(chain)
     mask = mask.to(chain).expand_as(chain[:, 0])
     log_prob = torch.zeros(chain.shape[0], dtype=chain.dtype, device=chain.device)
     kl = torch.zeros_like(log_prob) if reference_velocity is not None else None
     for k in range(num_steps):
         x = chain[:, k]
-        t = torch.full((chain.shape[0],), float(times[k]), dtype=chain.dtype, device=chain.device)
-        mean = x + dt * velocity(x, t)
-        log_prob = log_prob + gaussian_log_density(chain[:, k + 1], mean, std, mask)
+        t = torch.full((chain.shape[0],), times[k], dtype=chain.dtype, device=chain.device)
+        mean, std = transition(x, velocity(x, t), times[k], times[k + 1], scale, mask, sampler)
+        log_prob = log_prob + gaussian_log_density(chain[:, k + 1], mean, std)
         if reference_velocity is not None:
             with torch.no_grad():
-                reference_mean = x + dt * reference_velocity(x, t)
-            kl = kl + (((mean - reference_mean) / std).pow(2) * 0.5 * mask).sum(dim=(1, 2))
+                reference_mean, _ = transition(x, reference_velocity(x, t), times[k], times[k + 1], scale, mask, sampler)
+            stochastic = std > 0
+            gap = (mean - reference_mean) / torch.where(stochastic, std, torch.ones_like(std))
+            kl = kl + (gap.pow(2) * 0.5 * stochastic).sum(dim=(1, 2))
     return log_prob, kl
 
 

@@ -40,6 +40,7 @@ class RLPolicy(nn.Module):
         guidance_weight: float = 1.0,
         cfg_rollout_noise: bool = True,
         seed: int = 0,
+        sampler: str = "ddpm",
     ):
         super().__init__()
         if optimizer not in ("ppo", "cfg"):
@@ -51,6 +52,7 @@ class RLPolicy(nn.Module):
         self.chunk_size = int(config.chunk_size)
         self.action_dim = int(getattr(policy, "action_dim", config.env_action_dim))
         self.num_denoise_steps = num_denoise_steps
+        self.sampler = sampler  # flow_sde transition kind: ddpm (marginal-preserving) or additive
         self.noise = NoiseScale(config.max_action_dim, noise_scale, learnable=learn_noise_scale and optimizer == "ppo")
         self.condition = AdvantageCondition(config.expert.width) if optimizer == "cfg" else None
         self.guidance_weight = guidance_weight
@@ -76,7 +78,7 @@ class RLPolicy(nn.Module):
             stochastic = not self.deterministic and (self.optimizer_kind == "ppo" or self.cfg_rollout_noise)
             # Without injected noise the chain is the plain Euler ODE (zero-width mask: nothing is sampled).
             mask = self.mask if stochastic else torch.zeros_like(self.mask)
-            chain, log_prob = sde_sample(velocity, noise, self.num_denoise_steps, self.noise(), mask, self.generator)
+            chain, log_prob = sde_sample(velocity, noise, self.num_denoise_steps, self.noise(), mask, self.generator, self.sampler)
             env_actions = self.policy.postprocess(chain[:, -1], inputs.raw_state)
         finally:
             self.model.train(was_training)
@@ -117,7 +119,7 @@ class RLPolicy(nn.Module):
             with torch.no_grad():
                 reference_cache = reference.prefix_cache(inputs, with_grad=False)
             reference_velocity = lambda x, t: reference.model.velocity(reference_cache, inputs.state, x, t)  # noqa: E731
-        return chain_log_prob(velocity, chains, self.noise(), self.mask, reference_velocity)
+        return chain_log_prob(velocity, chains, self.noise(), self.mask, reference_velocity, self.sampler)
 
     def cfg_loss(
         self,

@@ -332,6 +332,7 @@ def make_rl_policy(cfg: DictConfig, base_policy: Any, seed: int) -> RLPolicy:
         guidance_weight=a.cfg_guidance_weight,
         cfg_rollout_noise=a.cfg_rollout_noise,
         seed=seed,
+        sampler=a.sampler,
     ).eval()
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 OPTIMIZERS = ("ppo", "cfg")
 REWARDS = ("success", "total_reward")
+SAMPLERS = ("ddpm", "additive")  # pi0.ript.algo.flow_sde.SAMPLERS (not imported: the schema loads no torch)
 
 
 @dataclass
@@ -23,7 +24,8 @@ class AlgoConfig:
     max_sampling_rounds: int = 3  # bound on draw rounds per iteration, so sampling ends even if all succeed/fail
     success_memory_size: int = 0  # remember this many recent all-success contexts and skip them (0: off)
     num_denoise_steps: int = 10  # Euler steps of the flow sampler at rollout and when scoring chains
-    noise_scale: float = 0.3  # sigma of the noise injected per Euler step (normalised action units, x sqrt|dt|)
+    sampler: str = "ddpm"  # flow-SDE step: ddpm (marginal-preserving, noise_scale = eta in (0, 1]) | additive (Euler + noise)
+    noise_scale: float = 0.3  # ddpm: eta, the fraction of the ancestral noise | additive: sigma per unit time (norm. units)
     learn_noise_scale: bool = False  # learn log(sigma) per action dim with the policy (pi_RL flow-noise) or keep fixed
     logprob_action_dims: int = 7  # leading action dims sampled stochastically and scored (the env's action dims)
     clip_eps: float = 0.2  # PPO ratio clip epsilon
@@ -47,7 +49,9 @@ class AlgoConfig:
         _require(a.max_sampling_rounds >= 1, f"algo.max_sampling_rounds={a.max_sampling_rounds} must be >= 1")
         _require(a.success_memory_size >= 0, f"algo.success_memory_size={a.success_memory_size} must be >= 0")
         _require(a.num_denoise_steps >= 1, f"algo.num_denoise_steps={a.num_denoise_steps} must be >= 1")
+        _require(a.sampler in SAMPLERS, f"algo.sampler={a.sampler!r}: use one of {', '.join(SAMPLERS)}")
         _require(a.noise_scale > 0, f"algo.noise_scale={a.noise_scale} must be > 0")
+        _require(a.sampler != "ddpm" or a.noise_scale <= 1, f"algo.noise_scale={a.noise_scale}: ddpm's eta must be in (0, 1]")
         _require(a.logprob_action_dims >= 1, f"algo.logprob_action_dims={a.logprob_action_dims} must be >= 1")
         _require(0 < a.clip_eps < 1, f"algo.clip_eps={a.clip_eps} must be in (0, 1)")
         _require(a.update_epochs >= 1, f"algo.update_epochs={a.update_epochs} must be >= 1")
