@@ -179,7 +179,10 @@ class PI0LiberoRunner(RunnerBase):
           - every env in an episode waits, or no other worker is mid-step (nothing else can join);
           - the oldest waiting env has waited as long as the last call took (waiting longer costs more than a call);
           - steps take at least as long as a call and half the envs wait: then two halves alternate, one simulating
-            while the other's call runs, which is where overlapping pays.
+            while the other's call runs, which is where overlapping pays;
+          - the model would be mostly idle even serving every env with its own call (few envs, a long replan
+            interval: e.g. 200 ms calls, replan 5, 4 envs on 2 cores use it ~30% of the time): then waiting for
+            batch-mates only adds latency, and the envs' requests, synchronised by their common start, drift apart.
         """
         now = time.monotonic()
         for slot in waiting:
@@ -187,6 +190,9 @@ class PI0LiberoRunner(RunnerBase):
         self._launch_deadline = None
         in_episode = sum(1 for s in self._slots if s.request is not None)
         if len(waiting) >= in_episode or not any(s.busy for s in self._slots):
+            return True
+        request_interval = self.replan_steps * self._step_seconds + self._last_call_seconds  # one env's chunk cycle
+        if in_episode * self._last_call_seconds <= 0.5 * request_interval:
             return True
         if self._step_seconds >= self._last_call_seconds and 2 * len(waiting) >= in_episode:
             return True
