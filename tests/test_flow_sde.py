@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pi0.ript.algo.flow_sde import NoiseScale, chain_log_prob, logprob_mask, sde_sample, step_times
+from pi0.ript.algo.flow_sde import NoiseScale, chain_log_prob, logprob_mask, sde_sample, step_times, stochastic_steps
 
 
 class LinearVelocity(nn.Module):
@@ -41,25 +41,26 @@ def test_log_prob_is_the_sum_of_step_gaussians(sampler):
     mask = logprob_mask(horizon=3, model_action_dim=4, executed_steps=2, action_dims=3)
     scale = torch.full((4,), 0.5)
     noise = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
-    chain, log_prob = sde_sample(velocity, noise, 4, scale, mask, torch.Generator().manual_seed(1), sampler)
-    assert chain.shape == (2, 5, 3, 4)
+    chain, step_log_probs = sde_sample(velocity, noise, 4, scale, mask, torch.Generator().manual_seed(1), sampler)
+    assert chain.shape == (2, 5, 3, 4) and step_log_probs.shape == (2, 4)
+    assert stochastic_steps(4, sampler) == ([0, 1, 2] if sampler == "ddpm" else [0, 1, 2, 3])
     times = step_times(4)
     assert times == [1.0, 0.75, 0.5, 0.25, 0.0]
-    expected = torch.zeros(2)
+    expected = torch.zeros(2, 4)
     with torch.no_grad():
         for k in range(4):
             v = velocity(chain[:, k], torch.full((2,), times[k]))
             mean, std = expected_step(chain[:, k], v, times[k], times[k + 1], 0.5, sampler)
             if std > 0:
                 dist = torch.distributions.Normal(mean, std)
-                expected += (dist.log_prob(chain[:, k + 1]) * mask).sum(dim=(1, 2))
+                expected[:, k] = (dist.log_prob(chain[:, k + 1]) * mask).sum(dim=(1, 2))
             # Unmasked entries follow the plain ODE (Euler) step exactly.
             euler = chain[:, k] + (times[k + 1] - times[k]) * v
             torch.testing.assert_close(chain[:, k + 1][:, mask == 0], euler[:, mask == 0])
-    assert torch.all(log_prob != 0)
-    torch.testing.assert_close(log_prob, expected)
+    assert torch.all(step_log_probs[:, stochastic_steps(4, sampler)] != 0)
+    torch.testing.assert_close(step_log_probs, expected)
     recomputed, kl = chain_log_prob(velocity, chain, scale, mask, sampler=sampler)
-    torch.testing.assert_close(recomputed, log_prob)
+    torch.testing.assert_close(recomputed, step_log_probs)
     assert kl is None
 
 
@@ -106,7 +107,8 @@ def test_gradients_reach_weights_and_learned_scale_and_kl_penalises_drift():
     scale = NoiseScale(4, 0.3, learnable=True)
     mask = logprob_mask(3, 4, 3, 4)
     chain, _ = sde_sample(velocity, torch.randn(2, 3, 4), 5, scale().detach(), mask)
-    log_prob, kl = chain_log_prob(velocity, chain, scale(), mask, reference_velocity=reference)
+    step_log_probs, kl = chain_log_prob(velocity, chain, scale(), mask, reference_velocity=reference)
+    log_prob = step_log_probs.sum(dim=1)
     assert torch.all(log_prob != 0)
     torch.testing.assert_close(kl, torch.zeros(2))
     log_prob.sum().backward()

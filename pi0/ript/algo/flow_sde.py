@@ -95,21 +95,21 @@ def sde_sample(
     generator: torch.Generator | None = None,
     sampler: str = "ddpm",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample a chain from `noise` [B,H,D]. Returns (chain [B, N+1, H, D], log-prob [B]); chain[:, -1] is the chunk."""
+    """Sample a chain from `noise` [B,H,D]. Returns (chain [B, N+1, H, D], per-step log-probs [B, N]); chain[:, -1]
+    is the chunk and the chain's log-probability is the sum over steps."""
     times = step_times(num_steps)
     scale = scale.to(noise)
     mask = mask.to(noise).expand_as(noise)
     x = noise
-    chain = [x]
-    log_prob = torch.zeros(noise.shape[0], dtype=noise.dtype, device=noise.device)
+    chain, step_log_probs = [x], []
     for k in range(num_steps):
         t = torch.full((noise.shape[0],), times[k], dtype=noise.dtype, device=noise.device)
         mean, std = transition(x, velocity(x, t), times[k], times[k + 1], scale, mask, sampler)
         eps = torch.randn(noise.shape, generator=generator, dtype=noise.dtype, device=noise.device)
         x = mean + std * eps
-        log_prob = log_prob + gaussian_log_density(x, mean, std)
+        step_log_probs.append(gaussian_log_density(x, mean, std))
         chain.append(x)
-    return torch.stack(chain, dim=1), log_prob
+    return torch.stack(chain, dim=1), torch.stack(step_log_probs, dim=1)
 
 
 def chain_log_prob(
@@ -120,28 +120,33 @@ def chain_log_prob(
     reference_velocity: VelocityFn | None = None,
     sampler: str = "ddpm",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probability [B] of a recorded chain [B, N+1, H, D] under `velocity` (differentiable in its weights and in
-    `scale`). With `reference_velocity`, also the KL [B] from this policy's transitions to the reference policy's on
+    """Per-step log-probabilities [B, N] of a recorded chain [B, N+1, H, D] under `velocity` (differentiable in its
+    weights and in `scale`). With `reference_velocity`, also the KL [B] from this policy's transitions to the reference policy's on
     the same states: both are Gaussians with the same std, so KL = sum ||mu - mu_ref||^2 / (2 std^2) over the
     stochastic entries."""
     num_steps = chain.shape[1] - 1
     times = step_times(num_steps)
     scale = scale.to(chain)
     mask = mask.to(chain).expand_as(chain[:, 0])
-    log_prob = torch.zeros(chain.shape[0], dtype=chain.dtype, device=chain.device)
-    kl = torch.zeros_like(log_prob) if reference_velocity is not None else None
+    step_log_probs = []
+    kl = torch.zeros(chain.shape[0], dtype=chain.dtype, device=chain.device) if reference_velocity is not None else None
     for k in range(num_steps):
         x = chain[:, k]
         t = torch.full((chain.shape[0],), times[k], dtype=chain.dtype, device=chain.device)
         mean, std = transition(x, velocity(x, t), times[k], times[k + 1], scale, mask, sampler)
-        log_prob = log_prob + gaussian_log_density(chain[:, k + 1], mean, std)
+        step_log_probs.append(gaussian_log_density(chain[:, k + 1], mean, std))
         if reference_velocity is not None:
             with torch.no_grad():
                 reference_mean, _ = transition(x, reference_velocity(x, t), times[k], times[k + 1], scale, mask, sampler)
             stochastic = std > 0
             gap = (mean - reference_mean) / torch.where(stochastic, std, torch.ones_like(std))
             kl = kl + (gap.pow(2) * 0.5 * stochastic).sum(dim=(1, 2))
-    return log_prob, kl
+    return torch.stack(step_log_probs, dim=1), kl
+
+
+def stochastic_steps(num_steps: int, sampler: str) -> list[int]:
+    """Indices of the steps that draw noise (and so carry a log-density): all of them, except ddpm's last."""
+    return list(range(num_steps - 1 if sampler == "ddpm" else num_steps))
 
 
 def logprob_mask(horizon: int, model_action_dim: int, executed_steps: int, action_dims: int) -> torch.Tensor:

@@ -5,7 +5,8 @@ policy's own preprocessing (`prepare_batch`) and chunks through its own postproc
 runner, the trainer and plain evaluation share one data path; only the sampler differs:
 
 - `ppo`: the flow-SDE sampler (`flow_sde.sde_sample`). Per sample, `extras` carries the denoising `chain`
-  [N+1, H, 32] and its `log_prob`, which the trainer rescoring under the current weights turns into the PPO ratio.
+  [N+1, H, 32], its per-step `step_log_probs` [N] and their sum `log_prob`, which the trainer, rescoring the chain
+  under the current weights, turns into the PPO ratio (per chain or per step, `algo.ppo_ratio`).
 - `cfg`: classifier-free-guided flow sampling with the positive-advantage condition (optionally with the same
   injected noise, for exploration). `extras` carries the `chain` too; its last entry is the normalised chunk the
   trainer fits with the conditioned flow-matching loss.
@@ -78,13 +79,15 @@ class RLPolicy(nn.Module):
             stochastic = not self.deterministic and (self.optimizer_kind == "ppo" or self.cfg_rollout_noise)
             # Without injected noise the chain is the plain Euler ODE (zero-width mask: nothing is sampled).
             mask = self.mask if stochastic else torch.zeros_like(self.mask)
-            chain, log_prob = sde_sample(velocity, noise, self.num_denoise_steps, self.noise(), mask, self.generator, self.sampler)
+            chain, step_log_probs = sde_sample(velocity, noise, self.num_denoise_steps, self.noise(), mask, self.generator, self.sampler)
             env_actions = self.policy.postprocess(chain[:, -1], inputs.raw_state)
         finally:
             self.model.train(was_training)
         chain_np = chain.to(torch.float32).cpu().numpy()
+        step_np = step_log_probs.to(torch.float64).cpu().numpy()
         extras = [
-            {"chain": chain_np[b], "log_prob": float(log_prob[b]), "stochastic": stochastic} for b in range(batch)
+            {"chain": chain_np[b], "log_prob": float(step_np[b].sum()), "step_log_probs": step_np[b], "stochastic": stochastic}
+            for b in range(batch)
         ]
         return PolicyOutput(actions=np.asarray(env_actions, dtype=np.float64), extras=extras)
 
@@ -102,6 +105,13 @@ class RLPolicy(nn.Module):
 
         return guided
 
+    def condition_gap(self) -> float:
+        """|positive - null| of the CFG condition embeddings (0 before any update, and without CFG)."""
+        if self.condition is None:
+            return 0.0
+        embedding = self.condition.embedding.detach()
+        return float((embedding[POSITIVE] - embedding[NULL]).norm())
+
     # --- update-time scoring -------------------------------------------------------------------------------------
     def prefix_cache(self, inputs: Any, with_grad: bool):
         """The vision-language prefix; without gradient when only the action expert trains (saves its backward)."""
@@ -111,7 +121,7 @@ class RLPolicy(nn.Module):
     def chain_log_prob(
         self, inputs: Any, chains: torch.Tensor, prefix_grad: bool, reference: "RLPolicy | None" = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-probabilities [B] of recorded chains under the current weights (and the KL to `reference`)."""
+        """Per-step log-probabilities [B, N] of recorded chains under the current weights (and the KL to `reference`)."""
         cache = self.prefix_cache(inputs, with_grad=prefix_grad)
         velocity = lambda x, t: self.model.velocity(cache, inputs.state, x, t)  # noqa: E731
         reference_velocity = None

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from pi0.ript.algo import checkpoint as ckpt
 from pi0.ript.algo.cfg import condition_labels
 from pi0.ript.algo.dynamic_sampling import ContextSampler, sample_groups
+from pi0.ript.algo.flow_sde import stochastic_steps
 from pi0.ript.algo.ppo import ppo_loss
 from pi0.ript.algo.rl_policy import RLPolicy
 from pi0.ript.algo.rloo import rloo_advantages
@@ -77,7 +78,14 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
         for p in reference.parameters():
             p.requires_grad_(False)
     params = rl.trainable_parameters(tc.expert_only)
-    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, weight_decay=tc.weight_decay, eps=tc.adam_eps)
+    # The CFG condition embeddings start at zero and must grow to the scale of the activations before the conditions
+    # differ at all: at the policy's fine-tuning learning rate they would take thousands of steps, and meanwhile the
+    # update is plain self-imitation of successes and failures alike. So they get their own learning rate.
+    heads = {id(p) for p in rl.condition.parameters()} if rl.condition is not None else set()
+    groups = [{"params": [p for p in params if id(p) not in heads]}]
+    if heads:
+        groups.append({"params": [p for p in params if id(p) in heads], "lr": a.cfg_condition_lr})
+    optimizer = torch.optim.AdamW(groups, lr=tc.learning_rate, weight_decay=tc.weight_decay, eps=tc.adam_eps)
     warmup = max(int(tc.warmup_steps), 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     update_generator = torch.Generator().manual_seed(tc.seed * 1000 + rank + 1)  # minibatch order, CFG draws
@@ -167,7 +175,7 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
             env_steps = runner.stats.env_steps
 
             # 3. RLOO advantages, then one sample per policy query of every kept episode ------------------------
-            samples: list[tuple[dict, str, np.ndarray, float, float]] = []  # obs, instruction, chain, log_prob, A
+            samples: list[tuple[dict, str, np.ndarray, Any, float]] = []  # obs, instruction, chain, step log-probs, A
             kept_advantages = []
             if groups.kept:
                 advantages = rloo_advantages(torch.stack([rewards for _, _, rewards in groups.kept]))
@@ -177,7 +185,7 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
                         for record in episode.inference:
                             samples.append(
                                 (record.observation, episode.instruction, record.extras["chain"],
-                                 record.extras.get("log_prob"), advantage)
+                                 record.extras.get("step_log_probs"), advantage)
                             )
             if a.normalize_advantages and samples:
                 scale = torch.tensor([s[4] for s in samples]).std().clamp_min(1e-6)
@@ -190,10 +198,12 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
             if all_reduce_sum(torch.tensor([float(len(samples))]))[0] > 0:
                 rl.train()
                 chains = torch.from_numpy(np.stack([s[2] for s in samples])) if samples else None
-                old_log_prob = torch.tensor([s[3] if s[3] is not None else float("nan") for s in samples])
                 sample_advantages = torch.tensor([s[4] for s in samples], dtype=torch.float32)
-                if a.optimizer == "ppo" and torch.isnan(old_log_prob).any():
-                    raise RuntimeError("ppo needs rollout log-probabilities: the rollouts were sampled without noise")
+                scored = stochastic_steps(a.num_denoise_steps, a.sampler)  # steps that carry a log-density
+                if a.optimizer == "ppo":
+                    if any(s[3] is None for s in samples):
+                        raise RuntimeError("ppo needs rollout log-probabilities: the rollouts were sampled without noise")
+                    old_log_prob = torch.from_numpy(np.stack([s[3] for s in samples]))[:, scored]
                 for epoch in range(a.update_epochs):
                     order = torch.randperm(len(samples), generator=update_generator)
                     for mb_index, mb in enumerate(torch.tensor_split(order, a.num_minibatches)):
@@ -203,7 +213,10 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
                             inputs = rl.policy.prepare_batch([samples[j][0] for j in idx], [samples[j][1] for j in idx])
                             if a.optimizer == "ppo":
                                 new_log_prob, kl = rl.chain_log_prob(inputs, chains[mb].to(device), not tc.expert_only, reference)
-                                per_sample, stats = ppo_loss(new_log_prob, old_log_prob[mb].to(device), sample_advantages[mb].to(device), a.clip_eps)
+                                new_log_prob, old = new_log_prob[:, scored], old_log_prob[mb].to(new_log_prob)
+                                if a.ppo_ratio == "chain":  # one ratio per chunk: the product of the step ratios
+                                    new_log_prob, old = new_log_prob.sum(dim=1), old.sum(dim=1)
+                                per_sample, stats = ppo_loss(new_log_prob, old, sample_advantages[mb].to(device), a.clip_eps)
                                 totals[1] += stats["clipped"].sum().item()
                                 totals[2] += stats["approx_kl"].sum().item()
                             else:
@@ -268,6 +281,7 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
                 "update/optimizer_steps": optimizer_steps,
                 "update/learning_rate": scheduler.get_last_lr()[0],
                 "update/noise_scale": float(rl.noise().detach().mean()),
+                "update/cfg_condition_gap": rl.condition_gap(),
                 "time/rollout_s": rollout_seconds,
                 "time/update_s": update_seconds,
             }

@@ -29,6 +29,7 @@ class AlgoConfig:
     learn_noise_scale: bool = False  # learn log(sigma) per action dim with the policy (pi_RL flow-noise) or keep fixed
     logprob_action_dims: int = 7  # leading action dims sampled stochastically and scored (the env's action dims)
     clip_eps: float = 0.2  # PPO ratio clip epsilon
+    ppo_ratio: str = "chain"  # chain: one ratio per chunk (product over denoising steps) | step: one per step, averaged
     update_epochs: int = 2  # passes over the iteration's samples
     num_minibatches: int = 4  # minibatches per epoch (per rank; every rank takes the same number of steps)
     grad_accum_steps: int = 1  # minibatches accumulated per optimizer step
@@ -36,6 +37,7 @@ class AlgoConfig:
     kl_coef: float = 0.0  # weight of the KL penalty to the starting policy (> 0 keeps a frozen reference copy)
     normalize_advantages: bool = False  # divide advantages by their std over the iteration (RLOO needs no centring)
     cfg_condition_dropout: float = 0.1  # cfg: probability of training a sample with the null condition
+    cfg_condition_lr: float = 1e-2  # cfg: learning rate of the condition embeddings (they start at zero)
     cfg_guidance_weight: float = 1.5  # cfg: w in v_null + w (v_positive - v_null) when sampling rollouts and evals
     cfg_rollout_noise: bool = True  # cfg: also inject flow-SDE noise at rollout time for exploration
 
@@ -53,12 +55,14 @@ class AlgoConfig:
         _require(a.noise_scale > 0, f"algo.noise_scale={a.noise_scale} must be > 0")
         _require(a.sampler != "ddpm" or a.noise_scale <= 1, f"algo.noise_scale={a.noise_scale}: ddpm's eta must be in (0, 1]")
         _require(a.logprob_action_dims >= 1, f"algo.logprob_action_dims={a.logprob_action_dims} must be >= 1")
+        _require(a.ppo_ratio in ("chain", "step"), f"algo.ppo_ratio={a.ppo_ratio!r}: use chain or step")
         _require(0 < a.clip_eps < 1, f"algo.clip_eps={a.clip_eps} must be in (0, 1)")
         _require(a.update_epochs >= 1, f"algo.update_epochs={a.update_epochs} must be >= 1")
         _require(a.num_minibatches >= 1, f"algo.num_minibatches={a.num_minibatches} must be >= 1")
         _require(a.grad_accum_steps >= 1, f"algo.grad_accum_steps={a.grad_accum_steps} must be >= 1")
         _require(a.kl_coef >= 0, f"algo.kl_coef={a.kl_coef} must be >= 0")
         _require(0 <= a.cfg_condition_dropout < 1, f"algo.cfg_condition_dropout={a.cfg_condition_dropout} must be in [0, 1)")
+        _require(a.cfg_condition_lr > 0, f"algo.cfg_condition_lr={a.cfg_condition_lr} must be > 0")
         _require(a.cfg_guidance_weight >= 0, f"algo.cfg_guidance_weight={a.cfg_guidance_weight} must be >= 0")
         _require(t.num_iterations >= 0, f"train.num_iterations={t.num_iterations} must be >= 0")
         _require(t.learning_rate > 0, f"train.learning_rate={t.learning_rate} must be > 0")
