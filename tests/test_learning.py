@@ -4,11 +4,11 @@ Seeded end to end (demonstrations, BC, rollouts, updates; one torch thread, sinc
 reduction order and so the sampled trajectories). The success rate is the trainer's own evaluation (`success_history`:
 eval init states 0..39 of each of the 3 tasks, fixed sampling seed), before the first update and after the last.
 
-Measured with pi0/ript/config/learning_demo.yaml on this 2-core CPU: eval success 0.450 -> 0.533 (iteration 8) ->
-0.608 (iteration 16) in 326 s. The issue's target, a lift of 25 points, is NOT met yet (best measured +15.8 points over
-the settings tried, see docs/TRAINING.md); this test guards the lift that is measured, so a regression fails it.
-CFG (advantage-conditioned flow matching) made this policy worse in both settings tried, so it has no learning test
-yet; its loss and its resume path are tested in test_flow_sde.py / test_train_resume.py.
+Measured with pi0/ript/config/learning_demo.yaml on this 2-core CPU (ddpm flow-SDE, per-step PPO ratios, 8 contexts
+x 8 rollouts, 16 iterations): eval success 0.442 -> 0.600 (iteration 8) -> 0.725 (iteration 16), +28 points, the
+issue's target being +25. CFG (advantage-conditioned flow matching) made this policy worse in every setting tried
+(docs/TRAINING.md), so it has no learning test; its loss and its resume path are tested in test_flow_sde.py /
+test_train_resume.py.
 """
 
 import time
@@ -55,6 +55,6 @@ def test_ppo_raises_success(bc_checkpoint, tmp_path):
     before, after = history[0]["eval_success_rate"], history[-1]["eval_success_rate"]
     print(f"ppo: eval success {[round(h['eval_success_rate'], 3) for h in history]} in {seconds:.0f} s")
     assert 0.2 <= before <= 0.6, f"the BC starting policy should be intermediate, got {before:.3f}"
-    assert after - before >= 0.10, f"ppo: {before:.3f} -> {after:.3f}"
+    assert after - before >= 0.25, f"ppo: {before:.3f} -> {after:.3f}"
     assert seconds < 600
     assert (tmp_path / "ppo" / "success.png").stat().st_size > 0

@@ -72,7 +72,10 @@ def transition(
         return clean, torch.zeros_like(x)
     kept_noise = (1.0 - t) * t_next / ((1.0 - t_next) * t)  # in [0, 1): 0 at t = 1, where nothing of x is kept
     ddpm_std = t_next * math.sqrt(max(1.0 - kept_noise**2, 0.0))
-    std = scale.clamp(max=1.0) * ddpm_std * mask
+    # eta is capped at 1 (the ancestral variance); straight through, so a learned eta that overshoots still gets a
+    # gradient and can come back (a plain clamp would freeze it above 1).
+    eta = scale - (scale - 1.0).clamp(min=0.0).detach()
+    std = eta * ddpm_std * mask
     return (1.0 - t_next) * clean + torch.sqrt((t_next**2 - std.pow(2)).clamp_min(0.0)) * noise, std
 
 

@@ -105,6 +105,13 @@ class RLPolicy(nn.Module):
 
         return guided
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The RL heads' parameters: the learned noise scale and the CFG condition embeddings (those that exist)."""
+        heads = list(self.noise.parameters())
+        if self.condition is not None:
+            heads += list(self.condition.parameters())
+        return heads
+
     def condition_gap(self) -> float:
         """|positive - null| of the CFG condition embeddings (0 before any update, and without CFG)."""
         if self.condition is None:

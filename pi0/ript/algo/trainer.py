@@ -78,13 +78,14 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
         for p in reference.parameters():
             p.requires_grad_(False)
     params = rl.trainable_parameters(tc.expert_only)
-    # The CFG condition embeddings start at zero and must grow to the scale of the activations before the conditions
-    # differ at all: at the policy's fine-tuning learning rate they would take thousands of steps, and meanwhile the
-    # update is plain self-imitation of successes and failures alike. So they get their own learning rate.
-    heads = {id(p) for p in rl.condition.parameters()} if rl.condition is not None else set()
+    # The RL heads (a learned noise scale, the CFG condition embeddings) start from fixed values (the configured
+    # scale, zeros) and must move by order one to matter: at the policy's fine-tuning learning rate that would take
+    # thousands of steps (e.g. the conditions would not differ at all, and CFG would be plain self-imitation of
+    # successes and failures alike). So they get their own learning rate.
+    heads = {id(p) for p in rl.head_parameters()}
     groups = [{"params": [p for p in params if id(p) not in heads]}]
-    if heads:
-        groups.append({"params": [p for p in params if id(p) in heads], "lr": a.cfg_condition_lr})
+    if any(id(p) in heads for p in params):
+        groups.append({"params": [p for p in params if id(p) in heads], "lr": a.head_learning_rate})
     optimizer = torch.optim.AdamW(groups, lr=tc.learning_rate, weight_decay=tc.weight_decay, eps=tc.adam_eps)
     warmup = max(int(tc.warmup_steps), 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))

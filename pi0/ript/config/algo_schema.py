@@ -25,11 +25,12 @@ class AlgoConfig:
     success_memory_size: int = 0  # remember this many recent all-success contexts and skip them (0: off)
     num_denoise_steps: int = 10  # Euler steps of the flow sampler at rollout and when scoring chains
     sampler: str = "ddpm"  # flow-SDE step: ddpm (marginal-preserving, noise_scale = eta in (0, 1]) | additive (Euler + noise)
-    noise_scale: float = 0.3  # ddpm: eta, the fraction of the ancestral noise | additive: sigma per unit time (norm. units)
+    noise_scale: float = 1.0  # ddpm: eta, the fraction of the ancestral noise | additive: sigma per unit time (~0.3)
     learn_noise_scale: bool = False  # learn log(sigma) per action dim with the policy (pi_RL flow-noise) or keep fixed
+    head_learning_rate: float = 1e-2  # AdamW lr of the RL heads (learned noise scale, CFG condition embeddings)
     logprob_action_dims: int = 7  # leading action dims sampled stochastically and scored (the env's action dims)
     clip_eps: float = 0.2  # PPO ratio clip epsilon
-    ppo_ratio: str = "chain"  # chain: one ratio per chunk (product over denoising steps) | step: one per step, averaged
+    ppo_ratio: str = "step"  # step: one ratio per denoising step, averaged (Flow-GRPO) | chain: one per chunk (product)
     update_epochs: int = 2  # passes over the iteration's samples
     num_minibatches: int = 4  # minibatches per epoch (per rank; every rank takes the same number of steps)
     grad_accum_steps: int = 1  # minibatches accumulated per optimizer step
@@ -37,7 +38,6 @@ class AlgoConfig:
     kl_coef: float = 0.0  # weight of the KL penalty to the starting policy (> 0 keeps a frozen reference copy)
     normalize_advantages: bool = False  # divide advantages by their std over the iteration (RLOO needs no centring)
     cfg_condition_dropout: float = 0.1  # cfg: probability of training a sample with the null condition
-    cfg_condition_lr: float = 1e-2  # cfg: learning rate of the condition embeddings (they start at zero)
     cfg_guidance_weight: float = 1.5  # cfg: w in v_null + w (v_positive - v_null) when sampling rollouts and evals
     cfg_rollout_noise: bool = True  # cfg: also inject flow-SDE noise at rollout time for exploration
 
@@ -62,7 +62,7 @@ class AlgoConfig:
         _require(a.grad_accum_steps >= 1, f"algo.grad_accum_steps={a.grad_accum_steps} must be >= 1")
         _require(a.kl_coef >= 0, f"algo.kl_coef={a.kl_coef} must be >= 0")
         _require(0 <= a.cfg_condition_dropout < 1, f"algo.cfg_condition_dropout={a.cfg_condition_dropout} must be in [0, 1)")
-        _require(a.cfg_condition_lr > 0, f"algo.cfg_condition_lr={a.cfg_condition_lr} must be > 0")
+        _require(a.head_learning_rate > 0, f"algo.head_learning_rate={a.head_learning_rate} must be > 0")
         _require(a.cfg_guidance_weight >= 0, f"algo.cfg_guidance_weight={a.cfg_guidance_weight} must be >= 0")
         _require(t.num_iterations >= 0, f"train.num_iterations={t.num_iterations} must be >= 0")
         _require(t.learning_rate > 0, f"train.learning_rate={t.learning_rate} must be > 0")
