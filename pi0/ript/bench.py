@@ -582,7 +582,7 @@ def markdown(results) -> str:
             add(f"| {name} | {_f(on.get('env_steps_per_second'))} | {_f(off.get('env_steps_per_second'))} | {_f(p.get('steps_ratio_on_over_off'))} | "
                 f"{_f(on.get('episodes_per_hour'))} | {_f(off.get('episodes_per_hour'))} | {_f(p.get('episodes_ratio_on_over_off'))} | {_f(p.get('on_over_sim_limit_same_render'))} |")
         add("")
-    if "memory" in results:
+    if "main_rss_bytes" in results.get("memory", {}):  # the runners section records worker RSS alone
         mem = results["memory"]
         add(f"Memory: main process {mem['main_rss_bytes'] / 2**20:.0f} MiB; workers "
             + ", ".join(f"{r / 2**20:.0f} MiB" for r in mem["worker_rss_bytes"])

@@ -74,6 +74,8 @@ class PI0LiberoRunner(RunnerBase):
         self._waiting_since: dict[_Slot, float] = {}
         self._last_call_seconds = 0.0
         self._step_seconds = 0.0  # moving average of one env step's round trip
+        self._chunk_delivered: dict[_Slot, float] = {}  # when each env last got its chunk from an overlapped call
+        self._chunk_seconds = 0.0  # moving average of the time an env takes to play one chunk (its replan steps)
         self._launch_deadline: float | None = None
 
     # --- workers ----------------------------------------------------------------------------------------------
@@ -142,6 +144,7 @@ class PI0LiberoRunner(RunnerBase):
         finally:
             self._inflight, self._woken = None, False  # a call still running only touches this abandoned run's episodes
             self._waiting_since.clear()
+            self._chunk_delivered.clear()
             self._launch_deadline = None
             if not finished_cleanly:
                 # Interrupted (Ctrl-C, an error, or the consumer stopped early): workers may be mid-command, and a
@@ -151,6 +154,7 @@ class PI0LiberoRunner(RunnerBase):
     def _assign(self, slot: _Slot, pending: deque) -> None:
         """Give an idle worker the next episode, preferring one of the task its simulation already holds."""
         slot.request, slot.episode = None, None
+        self._chunk_delivered.pop(slot, None)  # a reset is not part of playing a chunk
         if not pending:
             return
         match = next((r for r in pending if r.task_id == slot.loaded_task), pending[0])
@@ -181,18 +185,23 @@ class PI0LiberoRunner(RunnerBase):
           - steps take at least as long as a call and half the envs wait: then two halves alternate, one simulating
             while the other's call runs, which is where overlapping pays;
           - the model would be mostly idle even serving every env with its own call (few envs, a long replan
-            interval: e.g. 200 ms calls, replan 5, 4 envs on 2 cores use it ~30% of the time): then waiting for
-            batch-mates only adds latency, and the envs' requests, synchronised by their common start, drift apart.
+            interval: e.g. 200 ms calls, replan 5, 4 LIBERO envs on 2 cores, ~1.5 s to play a chunk: ~47%): then
+            waiting for batch-mates adds more latency than queueing behind single calls.
         """
         now = time.monotonic()
         for slot in waiting:
+            if slot not in self._waiting_since and slot in self._chunk_delivered:
+                played = now - self._chunk_delivered.pop(slot)
+                self._chunk_seconds += 0.2 * (played - self._chunk_seconds)
             self._waiting_since.setdefault(slot, now)
         self._launch_deadline = None
         in_episode = sum(1 for s in self._slots if s.request is not None)
         if len(waiting) >= in_episode or not any(s.busy for s in self._slots):
             return True
-        request_interval = self.replan_steps * self._step_seconds + self._last_call_seconds  # one env's chunk cycle
-        if in_episode * self._last_call_seconds <= 0.5 * request_interval:
+        # Model load if every env got its own call: one call per env per chunk cycle (playing the chunk, then the
+        # call). Below ~0.5 the queueing delay of single calls is shorter than waiting for batch-mates.
+        chunk_cycle = self._chunk_seconds + self._last_call_seconds
+        if in_episode * self._last_call_seconds <= 0.5 * chunk_cycle:
             return True
         if self._step_seconds >= self._last_call_seconds and 2 * len(waiting) >= in_episode:
             return True
@@ -231,7 +240,9 @@ class PI0LiberoRunner(RunnerBase):
         # The thread wakes us just before its future is marked done, so wait the last instant here; result()
         # re-raises a policy error in the loop, as the synchronous path would.
         future.result()
+        delivered = time.monotonic()
         for slot in slots:
+            self._chunk_delivered[slot] = delivered
             episode = self._advance(slot, pending, want_frames)
             if episode is not None:
                 yield episode
