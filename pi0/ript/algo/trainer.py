@@ -183,6 +183,8 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
                 kept_advantages = advantages.flatten().tolist()
                 for (_, episodes, _), group_advantages in zip(groups.kept, advantages):
                     for episode, advantage in zip(episodes, group_advantages.tolist()):
+                        if a.optimizer == "cfg" and not a.cfg_fit_negatives and advantage <= 0:
+                            continue  # fit only better-than-group chunks (the null condition sees them too)
                         for record in episode.inference:
                             samples.append(
                                 (record.observation, episode.instruction, record.extras["chain"],

@@ -38,6 +38,7 @@ class AlgoConfig:
     kl_coef: float = 0.0  # weight of the KL penalty to the starting policy (> 0 keeps a frozen reference copy)
     normalize_advantages: bool = False  # divide advantages by their std over the iteration (RLOO needs no centring)
     cfg_condition_dropout: float = 0.1  # cfg: probability of training a sample with the null condition
+    cfg_fit_negatives: bool = True  # cfg: also fit chunks that did worse than their group (negative condition)
     cfg_guidance_weight: float = 1.5  # cfg: w in v_null + w (v_positive - v_null) when sampling rollouts and evals
     cfg_rollout_noise: bool = True  # cfg: also inject flow-SDE noise at rollout time for exploration
 
