@@ -10,9 +10,9 @@ action dimensions), so exactly the stochastic part is scored; masked-out entries
 
 Two transition kinds (`algo.sampler`):
 
-- `additive`: the Euler step x + dt*v plus N(0, sigma^2 |dt|) noise, sigma = `noise_scale`. Simple, but the injected noise adds to the spread
-  the policy already gets from its starting noise, and that starting noise, which the chain log-probability does not
-  score, keeps deciding most of the outcome, so PPO's credit assignment is weak.
+- `additive`: the Euler step x + dt*v plus N(0, sigma^2 |dt|) noise, sigma = `noise_scale`. Simple, but the
+  injected noise adds to the spread the policy already gets from its starting noise, and that starting noise, which
+  the chain log-probability does not score, keeps deciding most of the outcome, so PPO's credit assignment is weak.
 - `ddpm` (the default): the generalised DDIM step (Song et al. 2021) for pi0's interpolant x_t = t*eps + (1-t)*a.
   From the velocity the model's clean-action and noise estimates are a_hat = x - t*v and eps_hat = x + (1-t)*v;
   the next state is x' = (1-t')*a_hat + sqrt(t'^2 - s^2)*eps_hat + s*z with s = eta * s_ddpm, where s_ddpm^2 =
@@ -124,9 +124,9 @@ def chain_log_prob(
     sampler: str = "ddpm",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-step log-probabilities [B, N] of a recorded chain [B, N+1, H, D] under `velocity` (differentiable in its
-    weights and in `scale`). With `reference_velocity`, also the KL [B] from this policy's transitions to the reference policy's on
-    the same states: both are Gaussians with the same std, so KL = sum ||mu - mu_ref||^2 / (2 std^2) over the
-    stochastic entries."""
+    weights and in `scale`). With `reference_velocity`, also the KL [B] from this policy's transitions to the
+    reference policy's on the same states: both are Gaussians with the same std, so KL = sum ||mu - mu_ref||^2 /
+    (2 std^2) over the stochastic entries."""
     num_steps = chain.shape[1] - 1
     times = step_times(num_steps)
     scale = scale.to(chain)

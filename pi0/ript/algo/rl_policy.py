@@ -5,8 +5,8 @@ policy's own preprocessing (`prepare_batch`) and chunks through its own postproc
 runner, the trainer and plain evaluation share one data path; only the sampler differs:
 
 - `ppo`: the flow-SDE sampler (`flow_sde.sde_sample`). Per sample, `extras` carries the denoising `chain`
-  [N+1, H, 32], its per-step `step_log_probs` [N] and their sum `log_prob`, which the trainer, rescoring the chain
-  under the current weights, turns into the PPO ratio (per chain or per step, `algo.ppo_ratio`).
+  [N+1, H, 32] and its per-step `step_log_probs` [N] (None when it was sampled without noise), which the trainer,
+  rescoring the chain under the current weights, turns into the PPO ratio (per chain or per step, `algo.ppo_ratio`).
 - `cfg`: classifier-free-guided flow sampling with the positive-advantage condition (optionally with the same
   injected noise, for exploration). `extras` carries the `chain` too; its last entry is the normalised chunk the
   trainer fits with the conditioned flow-matching loss.
@@ -85,10 +85,8 @@ class RLPolicy(nn.Module):
             self.model.train(was_training)
         chain_np = chain.to(torch.float32).cpu().numpy()
         step_np = step_log_probs.to(torch.float64).cpu().numpy()
-        extras = [
-            {"chain": chain_np[b], "log_prob": float(step_np[b].sum()), "step_log_probs": step_np[b], "stochastic": stochastic}
-            for b in range(batch)
-        ]
+        # Without injected noise a chain has no density to score: None, so the trainer's PPO check can refuse it.
+        extras = [{"chain": chain_np[b], "step_log_probs": step_np[b] if stochastic else None} for b in range(batch)]
         return PolicyOutput(actions=np.asarray(env_actions, dtype=np.float64), extras=extras)
 
     def _rollout_velocity(self, cache, state: torch.Tensor, batch: int):
