@@ -33,7 +33,7 @@ def policy_dir(tmp_path_factory) -> Path:
     return directory
 
 
-def overrides(policy_dir: Path, output_dir: Path, iterations: int, optimizer: str = "ppo") -> list[str]:
+def overrides(policy_dir: Path, output_dir: Path, iterations: int, optimizer: str = "ppo", *extra: str) -> list[str]:
     return [
         "task.benchmark_name=reach", f"task.image_size={IMAGE_SIZE}", "task.num_wait_steps=0",
         "task.max_episode_length=10", "task.replan_steps=5", "features.use_ript_vla_runner=false",
@@ -42,6 +42,7 @@ def overrides(policy_dir: Path, output_dir: Path, iterations: int, optimizer: st
         "algo.dynamic_sampling=false", "algo.num_minibatches=2", "algo.update_epochs=1", "algo.kl_coef=0.05",
         "algo.learn_noise_scale=true", f"train.num_iterations={iterations}", "train.learning_rate=1e-3",
         "train.warmup_steps=3", "train.checkpoint_every=1", "train.progress=false", f"train.output_dir={output_dir}",
+        *extra,
     ]
 
 
@@ -50,12 +51,16 @@ def metrics_lines(output_dir: Path) -> list[dict]:
     return [{k: v for k, v in m.items() if not k.startswith("time/") and "per_second" not in k} for m in lines]
 
 
-@pytest.mark.parametrize("optimizer", ["ppo", "cfg"])
-def test_resume_continues_exactly(policy_dir, tmp_path, optimizer):
-    straight = train(load_config(None, overrides(policy_dir, tmp_path / "straight", 3, optimizer)))
-    first = train(load_config(None, overrides(policy_dir, tmp_path / "resumed", 2, optimizer)))
+# The anchored CFG variant also checks the per-iteration snapshot of the rollout policy.
+CFG_ANCHORED = ("algo.cfg_guidance_base=negative", "algo.cfg_null_anchor=rollout")
+
+
+@pytest.mark.parametrize("optimizer, extra", [("ppo", ()), ("cfg", ()), ("cfg", CFG_ANCHORED)])
+def test_resume_continues_exactly(policy_dir, tmp_path, optimizer, extra):
+    straight = train(load_config(None, overrides(policy_dir, tmp_path / "straight", 3, optimizer, *extra)))
+    first = train(load_config(None, overrides(policy_dir, tmp_path / "resumed", 2, optimizer, *extra)))
     assert first["iteration"] == 1
-    resumed = train(load_config(None, overrides(policy_dir, tmp_path / "resumed", 3, optimizer)), resume=True)
+    resumed = train(load_config(None, overrides(policy_dir, tmp_path / "resumed", 3, optimizer, *extra)), resume=True)
     assert resumed["iteration"] == 2  # the next iteration, not a repeat and not a restart
     assert resumed["weights_checksum"] == straight["weights_checksum"]
     assert metrics_lines(tmp_path / "resumed") == metrics_lines(tmp_path / "straight")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 NULL, POSITIVE, NEGATIVE = 0, 1, 2
+GUIDANCE_BASES = ("null", "negative")
 
 
 class AdvantageCondition(nn.Module):
@@ -51,5 +52,9 @@ def cfg_flow_loss(predicted_velocity: torch.Tensor, target_velocity: torch.Tenso
     return squared.sum(dim=(1, 2)) / mask.sum(dim=(1, 2)).clamp_min(1.0)
 
 
-def guided_velocity(v_positive: torch.Tensor, v_null: torch.Tensor, weight: float) -> torch.Tensor:
-    return v_null + weight * (v_positive - v_null)
+def guided_velocity(
+    v_positive: torch.Tensor, v_null: torch.Tensor, weight: float, v_negative: torch.Tensor | None = None
+) -> torch.Tensor:
+    """v_null + w (v_positive - v_base), the base being the null condition or (given) the negative one."""
+    base = v_null if v_negative is None else v_negative
+    return v_null + weight * (v_positive - base)

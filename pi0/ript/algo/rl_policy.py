@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pi0.ript.algo.cfg import NULL, POSITIVE, AdvantageCondition, cfg_flow_loss, flow_matching_targets, guided_velocity
+from pi0.ript.algo.cfg import NEGATIVE, NULL, POSITIVE, AdvantageCondition, cfg_flow_loss, flow_matching_targets, guided_velocity
 from pi0.ript.algo.flow_sde import NoiseScale, chain_log_prob, logprob_mask, sde_sample
 from pi0.ript.policy.protocol import PolicyOutput
 
@@ -40,6 +40,7 @@ class RLPolicy(nn.Module):
         replan_steps: int,
         guidance_weight: float = 1.0,
         cfg_rollout_noise: bool = True,
+        guidance_base: str = "null",
         seed: int = 0,
         sampler: str = "ddpm",
     ):
@@ -57,6 +58,7 @@ class RLPolicy(nn.Module):
         self.noise = NoiseScale(config.max_action_dim, noise_scale, learnable=learn_noise_scale and optimizer == "ppo")
         self.condition = AdvantageCondition(config.expert.width) if optimizer == "cfg" else None
         self.guidance_weight = guidance_weight
+        self.guidance_base = guidance_base  # cfg: v_null + w (v_positive - v_base), base = null or negative
         self.cfg_rollout_noise = cfg_rollout_noise
         self.register_buffer(
             "mask", logprob_mask(self.chunk_size, config.max_action_dim, min(replan_steps, self.chunk_size), logprob_action_dims)
@@ -90,18 +92,18 @@ class RLPolicy(nn.Module):
         return PolicyOutput(actions=np.asarray(env_actions, dtype=np.float64), extras=extras)
 
     def _rollout_velocity(self, cache, state: torch.Tensor, batch: int):
-        model = self.model
         if self.condition is None:
-            return lambda x, t: model.velocity(cache, state, x, t)
-        positive = self.condition(torch.full((batch,), POSITIVE, dtype=torch.long, device=state.device))
-        null = self.condition(torch.full((batch,), NULL, dtype=torch.long, device=state.device))
+            return lambda x, t: self.model.velocity(cache, state, x, t)
+        return lambda x, t: self.guided_velocity(cache, state, x, t)
 
-        def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return guided_velocity(
-                model.velocity(cache, state, x, t, positive), model.velocity(cache, state, x, t, null), self.guidance_weight
-            )
+    def guided_velocity(self, cache, state: torch.Tensor, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """The CFG sampling velocity v_null + w (v_positive - v_base) at (x, t)."""
+        def conditioned(label: int) -> torch.Tensor:
+            bias = self.condition(torch.full((x.shape[0],), label, dtype=torch.long, device=x.device))
+            return self.model.velocity(cache, state, x, t, bias)
 
-        return guided
+        negative = conditioned(NEGATIVE) if self.guidance_base == "negative" else None
+        return guided_velocity(conditioned(POSITIVE), conditioned(NULL), self.guidance_weight, negative)
 
     def head_parameters(self) -> list[nn.Parameter]:
         """The RL heads' parameters: the learned noise scale and the CFG condition embeddings (those that exist)."""
@@ -145,23 +147,31 @@ class RLPolicy(nn.Module):
         time: torch.Tensor,
         prefix_grad: bool,
         reference: "RLPolicy | None" = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-sample conditioned flow-matching loss [B] on the executed entries of the normalised chunks `actions`,
-        and (with `reference`) the per-sample squared velocity gap to the reference, the flow analogue of a KL."""
+        anchor: "RLPolicy | None" = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Per-sample conditioned flow-matching loss [B] on the executed entries of the normalised chunks `actions`;
+        with `reference`, the per-sample squared velocity gap to the reference (the flow analogue of a KL); with
+        `anchor`, the squared gap between this policy's null velocity and the anchor's guided (sampling) velocity."""
         if self.condition is None:
             raise RuntimeError("cfg_loss needs algo.optimizer=cfg (no condition embeddings were built)")
         cache = self.prefix_cache(inputs, with_grad=prefix_grad)
         x_t, target = flow_matching_targets(actions, noise, time)
         predicted = self.model.velocity(cache, inputs.state, x_t, time, self.condition(labels))
         loss = cfg_flow_loss(predicted, target, self.mask)
-        gap = None
+        gap = anchor_gap = None
         if reference is not None:
             with torch.no_grad():
                 reference_cache = reference.prefix_cache(inputs, with_grad=False)
                 null = torch.full_like(labels, NULL)
                 reference_v = reference.model.velocity(reference_cache, inputs.state, x_t, time, reference.condition(null))
             gap = cfg_flow_loss(predicted, reference_v, self.mask)
-        return loss, gap
+        if anchor is not None:
+            with torch.no_grad():
+                anchor_cache = anchor.prefix_cache(inputs, with_grad=False)
+                anchor_v = anchor.guided_velocity(anchor_cache, inputs.state, x_t, time)
+            null_v = self.model.velocity(cache, inputs.state, x_t, time, self.condition(torch.full_like(labels, NULL)))
+            anchor_gap = cfg_flow_loss(null_v, anchor_v, self.mask)
+        return loss, gap, anchor_gap
 
     def trainable_parameters(self, expert_only: bool) -> list[nn.Parameter]:
         """Everything, or (expert_only) the action expert, the action/state/time projections and the RL heads; the

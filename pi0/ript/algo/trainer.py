@@ -77,6 +77,14 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
         reference = copy.deepcopy(rl).eval()  # the starting policy; on resume it is rebuilt from the same checkpoint
         for p in reference.parameters():
             p.requires_grad_(False)
+    # cfg: the null condition's anchor, a frozen policy whose sampling velocity the null branch is pulled towards
+    # (instead of only refitting the policy's own samples, which drifts): the starting policy, or a snapshot of the
+    # policy that sampled the current iteration's rollouts, refreshed before each update.
+    anchor = None
+    if a.optimizer == "cfg" and a.cfg_null_anchor != "none":
+        anchor = reference if (a.cfg_null_anchor == "start" and reference is not None) else copy.deepcopy(rl).eval()
+        for p in anchor.parameters():
+            p.requires_grad_(False)
     params = rl.trainable_parameters(tc.expert_only)
     # The RL heads (a learned noise scale, the CFG condition embeddings) start from fixed values (the configured
     # scale, zeros) and must move by order one to matter: at the policy's fine-tuning learning rate that would take
@@ -196,9 +204,11 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
 
             # 4. update epochs over minibatches ------------------------------------------------------------------
             update_started = time.perf_counter()
-            totals = torch.zeros(6, dtype=torch.float64)  # loss, clipped, approx_kl, kl_to_start, samples, grad_norm
+            totals = torch.zeros(7, dtype=torch.float64)  # loss, clipped, approx_kl, kl_to_start, samples, grad_norm, anchor gap
             steps_taken = 0
             if all_reduce_sum(torch.tensor([float(len(samples))]))[0] > 0:
+                if a.optimizer == "cfg" and a.cfg_null_anchor == "rollout":
+                    anchor.load_state_dict(rl.state_dict())
                 rl.train()
                 chains = torch.from_numpy(np.stack([s[2] for s in samples])) if samples else None
                 sample_advantages = torch.tensor([s[4] for s in samples], dtype=torch.float32)
@@ -226,10 +236,13 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
                                 labels = condition_labels(sample_advantages[mb], a.cfg_condition_dropout, update_generator)
                                 noise = torch.randn(chains[mb, -1].shape, generator=update_generator)
                                 flow_time = rl.model.sample_time(len(mb), update_generator)
-                                per_sample, kl = rl.cfg_loss(
+                                per_sample, kl, anchor_gap = rl.cfg_loss(
                                     inputs, chains[mb, -1].to(device), labels.to(device), noise.to(device),
-                                    flow_time.to(device), not tc.expert_only, reference,
+                                    flow_time.to(device), not tc.expert_only, reference, anchor,
                                 )
+                                if anchor_gap is not None:
+                                    per_sample = per_sample + a.cfg_anchor_coef * anchor_gap
+                                    totals[6] += anchor_gap.detach().sum().item()
                             if kl is not None:
                                 per_sample = per_sample + a.kl_coef * kl
                                 totals[3] += kl.detach().sum().item()
@@ -260,7 +273,7 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
                 float((adv ** 2).sum()), float(env_steps), rollout_seconds, *totals.tolist(),
             ], dtype=torch.float64)).tolist()
             (n_success, n_episodes, reward_sum, kept, dropped, dropped_success, dropped_failure, rounds, n_adv,
-             adv_sum, adv_sq, steps, rollout_s, loss, clipped, approx_kl, kl_start, n_samples, grad_norm) = summed
+             adv_sum, adv_sq, steps, rollout_s, loss, clipped, approx_kl, kl_start, n_samples, grad_norm, anchor_gap_sum) = summed
             adv_mean = adv_sum / max(n_adv, 1)
             metrics = {
                 "iteration": iteration,
@@ -285,6 +298,7 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
                 "update/learning_rate": scheduler.get_last_lr()[0],
                 "update/noise_scale": float(rl.noise().detach().mean()),
                 "update/cfg_condition_gap": rl.condition_gap(),
+                "update/cfg_anchor_gap": anchor_gap_sum / max(n_samples, 1),
                 "time/rollout_s": rollout_seconds,
                 "time/update_s": update_seconds,
             }
@@ -348,6 +362,7 @@ def make_rl_policy(cfg: DictConfig, base_policy: Any, seed: int) -> RLPolicy:
         replan_steps=cfg.task.replan_steps,
         guidance_weight=a.cfg_guidance_weight,
         cfg_rollout_noise=a.cfg_rollout_noise,
+        guidance_base=a.cfg_guidance_base,
         seed=seed,
         sampler=a.sampler,
     ).eval()

@@ -41,6 +41,9 @@ class AlgoConfig:
     cfg_fit_negatives: bool = True  # cfg: also fit chunks that did worse than their group (negative condition)
     cfg_guidance_weight: float = 1.5  # cfg: w in v_null + w (v_positive - v_null) when sampling rollouts and evals
     cfg_rollout_noise: bool = True  # cfg: also inject flow-SDE noise at rollout time for exploration
+    cfg_guidance_base: str = "null"  # cfg: v_base in the guidance term: null (CFGRL) | negative (v_pos - v_neg)
+    cfg_null_anchor: str = "none"  # cfg: pull the null velocity towards a frozen policy: none | start | rollout
+    cfg_anchor_coef: float = 1.0  # cfg: weight of that pull (squared velocity gap) next to the flow-matching loss
 
     @staticmethod
     def validate(cfg: Any) -> None:
@@ -64,6 +67,10 @@ class AlgoConfig:
         _require(a.kl_coef >= 0, f"algo.kl_coef={a.kl_coef} must be >= 0")
         _require(0 <= a.cfg_condition_dropout < 1, f"algo.cfg_condition_dropout={a.cfg_condition_dropout} must be in [0, 1)")
         _require(a.head_learning_rate > 0, f"algo.head_learning_rate={a.head_learning_rate} must be > 0")
+        _require(a.cfg_guidance_base in ("null", "negative"), f"algo.cfg_guidance_base={a.cfg_guidance_base!r}: use null or negative")
+        _require(a.cfg_guidance_base != "negative" or a.cfg_fit_negatives, "algo.cfg_guidance_base=negative needs algo.cfg_fit_negatives=true (the negative condition must be trained)")
+        _require(a.cfg_null_anchor in ("none", "start", "rollout"), f"algo.cfg_null_anchor={a.cfg_null_anchor!r}: use none, start or rollout")
+        _require(a.cfg_anchor_coef >= 0, f"algo.cfg_anchor_coef={a.cfg_anchor_coef} must be >= 0")
         _require(a.cfg_guidance_weight >= 0, f"algo.cfg_guidance_weight={a.cfg_guidance_weight} must be >= 0")
         _require(t.num_iterations >= 0, f"train.num_iterations={t.num_iterations} must be >= 0")
         _require(t.learning_rate > 0, f"train.learning_rate={t.learning_rate} must be > 0")
