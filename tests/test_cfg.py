@@ -65,3 +65,19 @@ def test_negative_base_guidance_uses_the_negative_condition(batch):
         after = rl.guided_velocity(cache, inputs.state, x, time)
         rl.condition.embedding[NEGATIVE] -= 0.5
     assert (after - before).abs().max().item() > 1e-6
+
+
+def test_stacked_guidance_equals_one_pass_per_condition(batch):
+    rl, inputs, actions, noise, time = batch
+    cache = rl.prefix_cache(inputs, with_grad=False)
+    x = torch.randn_like(actions)
+    with torch.no_grad():
+        rl.condition.embedding.copy_(torch.randn_like(rl.condition.embedding))
+        stacked = rl.guided_velocity(cache, inputs.state, x, time)
+
+        def one(label):
+            return rl.model.velocity(cache, inputs.state, x, time, rl.condition(torch.full((x.shape[0],), label)))
+
+        separate = guided_velocity(one(POSITIVE), one(NULL), rl.guidance_weight, one(NEGATIVE))
+        rl.condition.embedding.zero_()
+    torch.testing.assert_close(stacked, separate, rtol=1e-4, atol=1e-5)

@@ -6,9 +6,9 @@ eval init states 0..39 of each of the 3 tasks, fixed sampling seed), before the 
 
 Measured with pi0/ript/config/learning_demo.yaml on this 2-core CPU (ddpm flow-SDE, per-step PPO ratios, 8 contexts
 x 8 rollouts, 16 iterations): eval success 0.442 -> 0.600 (iteration 8) -> 0.725 (iteration 16), +28 points, the
-issue's target being +25. CFG (advantage-conditioned flow matching) made this policy worse in every setting tried
-(docs/TRAINING.md), so it has no learning test; its loss and its resume path are tested in test_flow_sde.py /
-test_train_resume.py.
+issue's target being +25. CFG (advantage-conditioned flow matching, the demo config's cfg keys: plain ODE rollouts,
+guidance v_null + 1.0 (v_pos - v_neg), the null condition anchored to the rollout policy): 0.408 -> 0.667 -> 0.650,
++24 points in 376 s; the test asks for a measurable lift, at least 10 points (the eval's noise is about +-4.5).
 """
 
 import time
@@ -46,15 +46,17 @@ def bc_checkpoint(tmp_path_factory) -> Path:
     return directory
 
 
-def test_ppo_raises_success(bc_checkpoint, tmp_path):
-    cfg = load_config(DEMO_CONFIG, [f"policy.checkpoint_path={bc_checkpoint}", f"train.output_dir={tmp_path / 'ppo'}",
-                                    "train.progress=false", "algo.optimizer=ppo"])
+@pytest.mark.parametrize("optimizer, min_lift", [("ppo", 0.25), ("cfg", 0.10)])
+def test_rl_raises_success(bc_checkpoint, tmp_path, optimizer, min_lift):
+    output_dir = tmp_path / optimizer
+    cfg = load_config(DEMO_CONFIG, [f"policy.checkpoint_path={bc_checkpoint}", f"train.output_dir={output_dir}",
+                                    "train.progress=false", f"algo.optimizer={optimizer}"])
     started = time.perf_counter()
     history = train(cfg)["success_history"]
     seconds = time.perf_counter() - started
     before, after = history[0]["eval_success_rate"], history[-1]["eval_success_rate"]
-    print(f"ppo: eval success {[round(h['eval_success_rate'], 3) for h in history]} in {seconds:.0f} s")
+    print(f"{optimizer}: eval success {[round(h['eval_success_rate'], 3) for h in history]} in {seconds:.0f} s")
     assert 0.2 <= before <= 0.6, f"the BC starting policy should be intermediate, got {before:.3f}"
-    assert after - before >= 0.25, f"ppo: {before:.3f} -> {after:.3f}"
+    assert after - before >= min_lift, f"{optimizer}: {before:.3f} -> {after:.3f}"
     assert seconds < 600
-    assert (tmp_path / "ppo" / "success.png").stat().st_size > 0
+    assert (output_dir / "success.png").stat().st_size > 0

@@ -51,11 +51,12 @@ def metrics_lines(output_dir: Path) -> list[dict]:
     return [{k: v for k, v in m.items() if not k.startswith("time/") and "per_second" not in k} for m in lines]
 
 
-# The anchored CFG variant also checks the per-iteration snapshot of the rollout policy.
-CFG_ANCHORED = ("algo.cfg_guidance_base=negative", "algo.cfg_null_anchor=rollout")
+# cfg's defaults anchor the null condition to a per-iteration snapshot of the rollout policy; plain CFGRL (null
+# guidance base, no anchor, noisy rollouts) is the other path.
+CFG_PLAIN = ("algo.cfg_guidance_base=null", "algo.cfg_null_anchor=none", "algo.cfg_rollout_noise=true")
 
 
-@pytest.mark.parametrize("optimizer, extra", [("ppo", ()), ("cfg", ()), ("cfg", CFG_ANCHORED)])
+@pytest.mark.parametrize("optimizer, extra", [("ppo", ()), ("cfg", ()), ("cfg", CFG_PLAIN)])
 def test_resume_continues_exactly(policy_dir, tmp_path, optimizer, extra):
     straight = train(load_config(None, overrides(policy_dir, tmp_path / "straight", 3, optimizer, *extra)))
     first = train(load_config(None, overrides(policy_dir, tmp_path / "resumed", 2, optimizer, *extra)))

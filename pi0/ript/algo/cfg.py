@@ -3,8 +3,15 @@
 The policy is trained with the ordinary flow-matching loss, but conditioned on whether the rollout beat its group
 (advantage > 0: "positive", else "negative"), with the condition dropped (replaced by "null") at a fixed rate so the
 same network also stays the unconditional policy. At sampling time the guided velocity
-v = v_null + w * (v_positive - v_null) pushes samples towards better-than-average behaviour; w = 1 is the positive
-policy, w > 1 extrapolates further.
+v = v_null + w * (v_positive - v_base) pushes samples towards better-than-average behaviour. With base = null this is
+CFGRL's guidance (w = 1: the positive policy). With base = negative (the default) the guidance term is the difference
+of two branches that both refit the policy's own samples, so what they share (drift from self-imitation) cancels and
+what separates good from bad chunks remains; Bayes' rule makes it proportional to the gradient of log p(better | a).
+
+Refitting its own samples also moves the null branch. The trainer therefore adds a pull (`algo.cfg_null_anchor`)
+of the null velocity towards a frozen policy's sampling velocity: the policy that sampled this iteration's
+rollouts, so each iteration the null becomes the last guided policy (improvements accumulate), or the start.
+On the CPU demo this anchor is what turned CFG from flat or falling into +20-25 points (docs/TRAINING.md).
 
 The condition enters pi0 as an additive bias on every action token (`PI0Model.velocity(..., action_token_bias)`).
 Embeddings start at zero, so before any update every condition is exactly the pretrained policy.
@@ -16,7 +23,6 @@ import torch
 from torch import nn
 
 NULL, POSITIVE, NEGATIVE = 0, 1, 2
-GUIDANCE_BASES = ("null", "negative")
 
 
 class AdvantageCondition(nn.Module):

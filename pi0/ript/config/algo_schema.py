@@ -39,10 +39,12 @@ class AlgoConfig:
     normalize_advantages: bool = False  # divide advantages by their std over the iteration (RLOO needs no centring)
     cfg_condition_dropout: float = 0.1  # cfg: probability of training a sample with the null condition
     cfg_fit_negatives: bool = True  # cfg: also fit chunks that did worse than their group (negative condition)
-    cfg_guidance_weight: float = 1.5  # cfg: w in v_null + w (v_positive - v_null) when sampling rollouts and evals
-    cfg_rollout_noise: bool = True  # cfg: also inject flow-SDE noise at rollout time for exploration
-    cfg_guidance_base: str = "null"  # cfg: v_base in the guidance term: null (CFGRL) | negative (v_pos - v_neg)
-    cfg_null_anchor: str = "none"  # cfg: pull the null velocity towards a frozen policy: none | start | rollout
+    # cfg defaults: the setting measured to lift the CPU demo (docs/TRAINING.md, run CK); without the anchor, or with
+    # noisy rollouts, refitting the policy's own samples drifted and success stayed flat or fell.
+    cfg_guidance_weight: float = 1.0  # cfg: w in v_null + w (v_positive - v_base) when sampling rollouts and evals
+    cfg_rollout_noise: bool = False  # cfg: also inject flow-SDE noise at rollout time (else the plain ODE sampler)
+    cfg_guidance_base: str = "negative"  # cfg: v_base in the guidance term: negative (v_pos - v_neg) | null (CFGRL)
+    cfg_null_anchor: str = "rollout"  # cfg: pull the null velocity towards a frozen policy: rollout | start | none
     cfg_anchor_coef: float = 1.0  # cfg: weight of that pull (squared velocity gap) next to the flow-matching loss
 
     @staticmethod
