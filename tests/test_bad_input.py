@@ -50,6 +50,8 @@ CASES = [
     (["policy.dtype=float16"], "policy.dtype='float16': use float32 or bfloat16"),
     (["policy.kind=pi0", "policy.checkpoint_path=/nonexistent/ckpt"], "policy.checkpoint_path='/nonexistent/ckpt' is not a directory"),
     (["algo.optimizer=sgd"], "algo.optimizer='sgd': use one of ppo, cfg"),
+    (["algo.cfg_null_anchor=previous"], "algo.cfg_null_anchor='previous': use none, start or rollout"),
+    (["algo.cfg_fit_negatives=false"], "algo.cfg_guidance_base=negative needs algo.cfg_fit_negatives=true"),
     (["runner.start_method=thread"], "runner.start_method='thread': use spawn, forkserver or fork"),
     (["eval.episodes_per_task=0"], "eval.episodes_per_task=0 must be >= 1"),
     (["eval.init_state_offset=49", "eval.episodes_per_task=2"], "exceeds the 50 init states of task 0"),

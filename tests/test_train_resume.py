@@ -53,7 +53,7 @@ def metrics_lines(output_dir: Path) -> list[dict]:
 
 # cfg's defaults anchor the null condition to a per-iteration snapshot of the rollout policy; plain CFGRL (null
 # guidance base, no anchor, noisy rollouts) is the other path.
-CFG_PLAIN = ("algo.cfg_guidance_base=null", "algo.cfg_null_anchor=none", "algo.cfg_rollout_noise=true")
+CFG_PLAIN = ("algo.cfg_guidance_base=unconditional", "algo.cfg_null_anchor=none", "algo.cfg_rollout_noise=true")
 
 
 @pytest.mark.parametrize("optimizer, extra", [("ppo", ()), ("cfg", ()), ("cfg", CFG_PLAIN)])

@@ -3,8 +3,8 @@
 The policy is trained with the ordinary flow-matching loss, but conditioned on whether the rollout beat its group
 (advantage > 0: "positive", else "negative"), with the condition dropped (replaced by "null") at a fixed rate so the
 same network also stays the unconditional policy. At sampling time the guided velocity
-v = v_null + w * (v_positive - v_base) pushes samples towards better-than-average behaviour. With base = null this is
-CFGRL's guidance (w = 1: the positive policy). With base = negative (the default) the guidance term is the difference
+v = v_null + w * (v_positive - v_base) pushes samples towards better-than-average behaviour. With base = the null
+condition (`algo.cfg_guidance_base=unconditional`) this is CFGRL's guidance (w = 1: the positive policy). With base = negative (the default) the guidance term is the difference
 of two branches that both refit the policy's own samples, so what they share (drift from self-imitation) cancels and
 what separates good from bad chunks remains; Bayes' rule makes it proportional to the gradient of log p(better | a).
 

@@ -59,7 +59,7 @@ class RLPolicy(nn.Module):
         self.noise = NoiseScale(config.max_action_dim, noise_scale, learnable=learn_noise_scale and optimizer == "ppo")
         self.condition = AdvantageCondition(config.expert.width) if optimizer == "cfg" else None
         self.guidance_weight = guidance_weight
-        self.guidance_base = guidance_base  # cfg: v_null + w (v_positive - v_base), base = null or negative
+        self.guidance_base = guidance_base  # cfg: v_null + w (v_positive - v_base), base = negative or unconditional (null)
         self.cfg_rollout_noise = cfg_rollout_noise
         self.register_buffer(
             "mask", logprob_mask(self.chunk_size, config.max_action_dim, min(replan_steps, self.chunk_size), logprob_action_dims)

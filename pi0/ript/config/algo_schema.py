@@ -43,7 +43,7 @@ class AlgoConfig:
     # noisy rollouts, refitting the policy's own samples drifted and success stayed flat or fell.
     cfg_guidance_weight: float = 1.0  # cfg: w in v_null + w (v_positive - v_base) when sampling rollouts and evals
     cfg_rollout_noise: bool = False  # cfg: also inject flow-SDE noise at rollout time (else the plain ODE sampler)
-    cfg_guidance_base: str = "negative"  # cfg: v_base in the guidance term: negative (v_pos - v_neg) | null (CFGRL)
+    cfg_guidance_base: str = "negative"  # cfg: v_base: negative (v_pos - v_neg) | unconditional (v_null, as CFGRL)
     cfg_null_anchor: str = "rollout"  # cfg: pull the null velocity towards a frozen policy: rollout | start | none
     cfg_anchor_coef: float = 1.0  # cfg: weight of that pull (squared velocity gap) next to the flow-matching loss
 
@@ -69,7 +69,7 @@ class AlgoConfig:
         _require(a.kl_coef >= 0, f"algo.kl_coef={a.kl_coef} must be >= 0")
         _require(0 <= a.cfg_condition_dropout < 1, f"algo.cfg_condition_dropout={a.cfg_condition_dropout} must be in [0, 1)")
         _require(a.head_learning_rate > 0, f"algo.head_learning_rate={a.head_learning_rate} must be > 0")
-        _require(a.cfg_guidance_base in ("null", "negative"), f"algo.cfg_guidance_base={a.cfg_guidance_base!r}: use null or negative")
+        _require(a.cfg_guidance_base in ("negative", "unconditional"), f"algo.cfg_guidance_base={a.cfg_guidance_base!r}: use negative or unconditional")
         _require(a.cfg_guidance_base != "negative" or a.cfg_fit_negatives, "algo.cfg_guidance_base=negative needs algo.cfg_fit_negatives=true (the negative condition must be trained)")
         _require(a.cfg_null_anchor in ("none", "start", "rollout"), f"algo.cfg_null_anchor={a.cfg_null_anchor!r}: use none, start or rollout")
         _require(a.cfg_anchor_coef >= 0, f"algo.cfg_anchor_coef={a.cfg_anchor_coef} must be >= 0")
