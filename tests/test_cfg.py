@@ -54,6 +54,10 @@ def test_anchor_gap_is_zero_at_the_start_and_pulls_the_null_back(batch):
     assert rl.condition.embedding.grad[NULL].abs().sum().item() > 0
     assert rl.condition.embedding.grad[POSITIVE].abs().sum().item() == 0  # the gap reads only the null branch
 
+    # A frozen prefix (expert_only) reuses this policy's prefix cache for the anchor: the same gap, one prefix pass.
+    _, _, shared = rl.cfg_loss(inputs, actions, labels, noise, time, prefix_grad=False, anchor=anchor)
+    torch.testing.assert_close(shared.detach(), gap.detach(), rtol=1e-5, atol=1e-7)
+
 
 def test_negative_base_guidance_uses_the_negative_condition(batch):
     rl, inputs, actions, noise, time = batch

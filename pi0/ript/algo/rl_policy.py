@@ -137,6 +137,14 @@ class RLPolicy(nn.Module):
         with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
             return self.model.compute_prefix_cache(inputs.images, inputs.image_masks, inputs.tokens, inputs.token_masks)
 
+    def frozen_prefix_cache(self, other: "RLPolicy", inputs: Any, cache, prefix_grad: bool):
+        """`other`'s (a frozen copy's) prefix cache. When the prefix does not train (expert_only), both prefixes still
+        hold the starting weights, so this policy's `cache` is the same thing and the second prefix pass is skipped."""
+        if not prefix_grad:
+            return cache
+        with torch.no_grad():
+            return other.prefix_cache(inputs, with_grad=False)
+
     def chain_log_prob(
         self, inputs: Any, chains: torch.Tensor, prefix_grad: bool, reference: "RLPolicy | None" = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -145,8 +153,7 @@ class RLPolicy(nn.Module):
         velocity = lambda x, t: self.model.velocity(cache, inputs.state, x, t)  # noqa: E731
         reference_velocity = None
         if reference is not None:
-            with torch.no_grad():
-                reference_cache = reference.prefix_cache(inputs, with_grad=False)
+            reference_cache = self.frozen_prefix_cache(reference, inputs, cache, prefix_grad)
             reference_velocity = lambda x, t: reference.model.velocity(reference_cache, inputs.state, x, t)  # noqa: E731
         return chain_log_prob(velocity, chains, self.noise(), self.mask, reference_velocity, self.sampler)
 
@@ -172,14 +179,14 @@ class RLPolicy(nn.Module):
         loss = cfg_flow_loss(predicted, target, self.mask)
         gap = anchor_gap = None
         if reference is not None:
+            reference_cache = self.frozen_prefix_cache(reference, inputs, cache, prefix_grad)
             with torch.no_grad():
-                reference_cache = reference.prefix_cache(inputs, with_grad=False)
                 null = torch.full_like(labels, NULL)
                 reference_v = reference.model.velocity(reference_cache, inputs.state, x_t, time, reference.condition(null))
             gap = cfg_flow_loss(predicted, reference_v, self.mask)
         if anchor is not None:
+            anchor_cache = self.frozen_prefix_cache(anchor, inputs, cache, prefix_grad)
             with torch.no_grad():
-                anchor_cache = anchor.prefix_cache(inputs, with_grad=False)
                 anchor_v = anchor.guided_velocity(anchor_cache, inputs.state, x_t, time)
             null_v = self.model.velocity(cache, inputs.state, x_t, time, self.condition(torch.full_like(labels, NULL)))
             anchor_gap = cfg_flow_loss(null_v, anchor_v, self.mask)

@@ -81,7 +81,7 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
     # (instead of only refitting the policy's own samples, which drifts): the starting policy, or a snapshot of the
     # policy that sampled the current iteration's rollouts, refreshed before each update.
     anchor = None
-    if a.optimizer == "cfg" and a.cfg_null_anchor != "none":
+    if a.optimizer == "cfg" and a.cfg_null_anchor != "none" and a.cfg_anchor_coef > 0:
         anchor = reference if (a.cfg_null_anchor == "start" and reference is not None) else copy.deepcopy(rl).eval()
         for p in anchor.parameters():
             p.requires_grad_(False)
@@ -207,7 +207,7 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
             totals = torch.zeros(7, dtype=torch.float64)  # loss, clipped, approx_kl, kl_to_start, samples, grad_norm, anchor gap
             steps_taken = 0
             if all_reduce_sum(torch.tensor([float(len(samples))]))[0] > 0:
-                if a.optimizer == "cfg" and a.cfg_null_anchor == "rollout":
+                if anchor is not None and a.cfg_null_anchor == "rollout":
                     anchor.load_state_dict(rl.state_dict())
                 rl.train()
                 chains = torch.from_numpy(np.stack([s[2] for s in samples])) if samples else None
