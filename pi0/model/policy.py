@@ -96,7 +96,9 @@ class PI0Policy:
         self.norm_stats = dict(norm_stats)
         self.num_steps = num_steps or self.config.num_inference_steps
         self.record_trajectory = record_trajectory
-        self.generator = torch.Generator(device=self.device)
+        # A CPU generator on every device: noise is drawn on the CPU and moved (model.sample_noise), so one seed gives
+        # the same chunks on a CPU and on a GPU, up to floating point.
+        self.generator = torch.Generator()
         self.generator.manual_seed(seed if seed is not None else int(torch.seed() % 2**63))
         c = self.config
         if tokenizer.vocab_size > c.vocab_size:

@@ -38,9 +38,11 @@ class AdvantageCondition(nn.Module):
 
 
 def condition_labels(advantages: torch.Tensor, dropout: float, generator: torch.Generator | None) -> torch.Tensor:
-    """[B] advantages -> [B] labels: POSITIVE where A > 0 else NEGATIVE, replaced by NULL with probability `dropout`."""
+    """[B] advantages -> [B] labels: POSITIVE where A > 0 else NEGATIVE, replaced by NULL with probability `dropout`.
+    The dropout draw is on `generator`'s device (the trainer's CPU generator); the labels follow `advantages`."""
     labels = torch.where(advantages > 0, POSITIVE, NEGATIVE)
-    drop = torch.rand(advantages.shape, generator=generator) < dropout
+    where = generator.device if generator is not None else torch.device("cpu")
+    drop = (torch.rand(advantages.shape, generator=generator, device=where) < dropout).to(advantages.device)
     return torch.where(drop, torch.full_like(labels, NULL), labels)
 
 

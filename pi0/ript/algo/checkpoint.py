@@ -150,4 +150,4 @@ def load_rank_state(path: Path, rank: int) -> dict[str, Any]:
     file = path / f"rank_{rank}.pt"
     if not file.is_file():
         raise RuntimeError(f"{file} missing: resume with the same number of processes that wrote the checkpoint")
-    return torch.load(file, weights_only=False)
+    return torch.load(file, map_location="cpu", weights_only=False)  # RNG states are CPU tensors wherever they were saved

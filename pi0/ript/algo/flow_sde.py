@@ -33,6 +33,20 @@ from torch import nn
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t [B,H,D], t [B]) -> v [B,H,D]
 
 
+def standard_normal(
+    shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """N(0, 1) draws from `generator` (a CPU generator: the RL code's only kind), moved to `device`.
+
+    Every random draw of the RL path goes through here. Drawing on the generator's own device and moving the result
+    keeps one seed giving the same samples on a CPU and on a GPU (up to floating point), and never asks a CUDA kernel
+    to use a CPU generator (which raises). The copy costs microseconds next to a model call.
+    """
+    where = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device=where).to(device=device, dtype=dtype)
+
+
 class NoiseScale(nn.Module):
     """Per-action-dimension noise scale sigma (in normalised action units): fixed, or learned through its log."""
 
@@ -108,7 +122,7 @@ def sde_sample(
     for k in range(num_steps):
         t = torch.full((noise.shape[0],), times[k], dtype=noise.dtype, device=noise.device)
         mean, std = transition(x, velocity(x, t), times[k], times[k + 1], scale, mask, sampler)
-        eps = torch.randn(noise.shape, generator=generator, dtype=noise.dtype, device=noise.device)
+        eps = standard_normal(noise.shape, generator, noise.device, noise.dtype)
         x = mean + std * eps
         step_log_probs.append(gaussian_log_density(x, mean, std))
         chain.append(x)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pi0.ript.algo.cfg import NEGATIVE, NULL, POSITIVE, AdvantageCondition, cfg_flow_loss, flow_matching_targets, guided_velocity
-from pi0.ript.algo.flow_sde import NoiseScale, chain_log_prob, logprob_mask, sde_sample
+from pi0.ript.algo.flow_sde import NoiseScale, chain_log_prob, logprob_mask, sde_sample, standard_normal
 from pi0.ript.policy.protocol import PolicyOutput
 
 
@@ -65,7 +65,11 @@ class RLPolicy(nn.Module):
             "mask", logprob_mask(self.chunk_size, config.max_action_dim, min(replan_steps, self.chunk_size), logprob_action_dims)
         )
         self.deterministic = False  # True: plain ODE sampling (no injected noise), e.g. for evaluation
-        self.generator = torch.Generator().manual_seed(seed)  # rollout noise; its state is checkpointed
+        # Rollout noise: a CPU generator (draws move to the model's device), so a seed samples the same on any device;
+        # its state is checkpointed.
+        self.generator = torch.Generator().manual_seed(seed)
+        # The RL heads and the mask were built on the CPU: they live where the pi0 weights live (and move with them).
+        self.to(self.model.device)
 
     # --- rollout (RolloutPolicy) -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -76,8 +80,7 @@ class RLPolicy(nn.Module):
             inputs = self.policy.prepare_batch(list(observations), list(instructions))
             cache = self.prefix_cache(inputs, with_grad=False)
             batch = len(observations)
-            noise = torch.randn(batch, self.chunk_size, self.model.config.max_action_dim, generator=self.generator)
-            noise = noise.to(self.model.device)
+            noise = standard_normal((batch, self.chunk_size, self.model.config.max_action_dim), self.generator, self.model.device)
             velocity = self._rollout_velocity(cache, inputs.state, batch)
             stochastic = not self.deterministic and (self.optimizer_kind == "ppo" or self.cfg_rollout_noise)
             # Without injected noise the chain is the plain Euler ODE (zero-width mask: nothing is sampled).

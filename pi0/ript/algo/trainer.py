@@ -120,7 +120,7 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
             log.warning("--resume: no checkpoint under %s; starting from iteration 0", output_dir)
         else:
             ckpt.load_module_state(found, rl)
-            opt_state = torch.load(found / "optimizer.pt", weights_only=False)
+            opt_state = torch.load(found / "optimizer.pt", map_location="cpu", weights_only=False)  # any device: load_state_dict moves it
             optimizer.load_state_dict(opt_state["optimizer"])
             scheduler.load_state_dict(opt_state["scheduler"])
             state = ckpt.load_trainer_state(found)
