@@ -1,22 +1,39 @@
-"""`pi0-ript bench model`: tiny pi0 inference time per chunk vs batch size on this machine, and batching gain.
+"""`pi0-ript bench model`: pi0 inference time per call by batch size, the preprocessing share, compile time, peak memory.
 
-Prints, per batch size, the wall time of one `predict_chunks` call (preprocessing + 10 Euler steps + postprocessing)
-and the per-sample cost; then per-sample cost at batch 8 / batch 1 (the issue's target: <= 0.35).
+For each configuration (compile mode x preprocessing path) and batch size: the wall time of one `predict_chunks`
+call (preprocessing + prefix + Euler steps + postprocessing), per sample, the time of `prepare_batch` alone and its
+share of the call, and peak memory (CUDA: `max_memory_allocated` per batch size; CPU: the process's peak RSS so far).
+Compiled modes first compile every bucket the batch sizes fall in; the time of that first call is printed.
+
+The model has random weights: `--size tiny` (the test model) or `--size full` (`PI0Config.full()`, 3.3 B parameters),
+built directly on the target device in the target dtype. Images are synthetic uint8 camera frames, two per sample.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
 import statistics
 import time
-from typing import Sequence
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from .policy import make_tiny_policy
+from .config import PI0Config
+from .fast_sampling import COMPILE_MODES
+from .modeling import PI0Model
+from .normalization import identity_stats
+from .policy import PREPROCESS_MODES, PI0Policy
+from .tokenizer import build_word_tokenizer
 
 BENCH_INSTRUCTIONS = ["put the bowl on the plate", "open the top drawer of the cabinet"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _obs(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
@@ -30,41 +47,171 @@ def _obs(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
     }
 
 
-def run(batch_sizes: Sequence[int], repeats: int, image_size: int, env_image_size: int, threads: int | None) -> dict[int, float]:
-    if threads:
-        torch.set_num_threads(threads)
-    pol = make_tiny_policy(BENCH_INSTRUCTIONS, seed=0, image_size=image_size, device="cpu")
+def machine_info(device: torch.device) -> dict:
+    cuda = device.type == "cuda"
+    return {
+        "cpu_cores": os.cpu_count(),
+        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "gpu": torch.cuda.get_device_name(device) if cuda else None,
+        "gpu_memory_gib": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1) if cuda else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "python": platform.python_version(),
+    }
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_model(size: str, device: torch.device, dtype: torch.dtype, image_size: int, num_steps: int, vocab: int) -> PI0Model:
+    """Random weights, created on `device` in `dtype` (a full model never exists in fp32 on the CPU first)."""
+    if size == "tiny":
+        cfg = PI0Config.tiny(image_size=image_size, vocab_size=max(vocab, 8), num_inference_steps=num_steps)
+    else:
+        cfg = PI0Config.full(num_inference_steps=num_steps)
+    with torch.device(device), _default_dtype(dtype), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return PI0Model(cfg)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn, repeats: int, device: torch.device) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        samples.append(time.perf_counter() - start)
+    return 1000 * statistics.median(samples)
+
+
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def bench_policy(policy: PI0Policy, batch_sizes: Sequence[int], repeats: int, camera_size: int) -> tuple[list[dict], dict]:
+    """-> (one row per batch size, compile seconds per bucket)."""
+    device = policy.device
+    compile_seconds = {b: s for (b, _, _), s in policy.warmup(batch_sizes).items()}
     rng = np.random.default_rng(0)
-    obs = [_obs(rng, env_image_size) for _ in range(max(batch_sizes))]
-    times: dict[int, float] = {}
+    observations = [_obs(rng, camera_size) for _ in range(max(batch_sizes))]
+    rows = []
     for b in batch_sizes:
-        prompts = [BENCH_INSTRUCTIONS[i % 2] for i in range(b)]
-        pol.predict_chunks(obs[:b], prompts)  # warm-up (allocator, kernels)
-        samples = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            pol.predict_chunks(obs[:b], prompts)
-            samples.append(time.perf_counter() - t)
-        times[b] = statistics.median(samples)
-    return times
+        obs, prompts = observations[:b], [BENCH_INSTRUCTIONS[i % 2] for i in range(b)]
+        policy.predict_chunks(obs, prompts)  # warm-up: allocator, kernels, token cache
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        call = _median_ms(lambda: policy.predict_chunks(obs, prompts), repeats, device)
+        prep = _median_ms(lambda: policy.prepare_batch(obs, prompts), repeats, device)
+        rows.append(
+            {
+                "compile": policy.compile,
+                "preprocess": policy.preprocess,
+                "batch": b,
+                "ms_per_call": call,
+                "ms_per_sample": call / b,
+                "preprocess_ms": prep,
+                "preprocess_share": prep / call,
+                "peak_memory_mib": _peak_mib(device),
+            }
+        )
+    return rows, compile_seconds
+
+
+def print_rows(rows: list[dict], peak_label: str) -> None:
+    print(f"{'batch':>6} {'ms/call':>9} {'ms/sample':>10} {'preprocess ms':>14} {'share':>6} {peak_label:>16}")
+    for r in rows:
+        print(
+            f"{r['batch']:>6} {r['ms_per_call']:>9.1f} {r['ms_per_sample']:>10.2f} {r['preprocess_ms']:>14.1f}"
+            f" {r['preprocess_share']:>6.1%} {r['peak_memory_mib']:>16.0f}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pi0-ript bench model", description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=("tiny", "full"), default="tiny", help="tiny test model or full pi0 (random weights)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["none"], help="sampling modes to compare")
+    p.add_argument("--preprocess", nargs="+", choices=PREPROCESS_MODES, default=["batched"], help="preprocessing paths to compare")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16])
     p.add_argument("--repeats", type=int, default=5, help="timed calls per batch size (median reported)")
-    p.add_argument("--image-size", type=int, default=112, help="model image size of the tiny config")
-    p.add_argument("--env-image-size", type=int, default=128, help="size of the synthetic camera images")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch default)")
+    p.add_argument("--num-steps", type=int, default=10, help="Euler (denoising) steps per chunk")
+    p.add_argument("--image-size", type=int, default=112, help="model image size of the tiny config (full: 224)")
+    p.add_argument("--env-image-size", type=int, default=None, help="camera image size (default: 128 tiny, 256 full)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads on a CPU (0 = torch default)")
+    p.add_argument("--out", type=Path, default=None, help="write the results and the machine as JSON")
     a = p.parse_args(argv)
-    times = run(a.batch_sizes, a.repeats, a.image_size, a.env_image_size, a.threads or None)
-    print(f"tiny pi0, CPU, {torch.get_num_threads()} thread(s), {a.image_size}px, 10 Euler steps, median of {a.repeats}")
-    print(f"{'batch':>6} {'s/chunk-batch':>14} {'ms/sample':>10}")
-    for b, t in times.items():
-        print(f"{b:>6} {t:>14.4f} {1000 * t / b:>10.2f}")
-    if 1 in times and 8 in times:
-        ratio = (times[8] / 8) / times[1]
-        print(f"per-sample cost ratio batch8/batch1: {ratio:.3f} (target <= 0.35)")
+
+    if a.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(a.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            p.error(f"--device {a.device}: no CUDA device is visible; use --device cpu or auto")
+        if device.type not in ("cpu", "cuda"):
+            p.error(f"--device {a.device}: use cpu, cuda, cuda:N or auto")
+    if min(a.batch_sizes) < 1 or a.repeats < 1 or a.num_steps < 1:
+        p.error("--batch-sizes, --repeats and --num-steps must be >= 1")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dtype = DTYPES[a.dtype]
+    camera = a.env_image_size or (128 if a.size == "tiny" else 256)
+    tokenizer = build_word_tokenizer(BENCH_INSTRUCTIONS)
+
+    start = time.perf_counter()
+    model = build_model(a.size, device, dtype, a.image_size, a.num_steps, tokenizer.vocab_size)
+    build_s = time.perf_counter() - start
+    machine = machine_info(device)
+    params = sum(t.numel() for t in model.parameters())
+    where = f"{machine['gpu']}" if machine["gpu"] else f"CPU, {machine['cpu_cores_usable']} cores, {torch.get_num_threads()} thread(s)"
+    print(
+        f"pi0 {a.size} ({params / 1e6:.1f} M parameters, random weights, built in {build_s:.1f} s), {where}, {a.dtype}, "
+        f"torch {torch.__version__}; {model.config.image_size} px model images from two {camera} px cameras, "
+        f"{a.num_steps} Euler steps, median of {a.repeats}"
+    )
+    peak_label = "peak alloc MiB" if device.type == "cuda" else "peak RSS MiB"
+    results, compile_times = [], {}
+    for mode in a.compile:
+        for prep in a.preprocess:
+            policy = PI0Policy(model, tokenizer, identity_stats(), device=device, dtype=dtype, seed=0, compile=mode, preprocess=prep)
+            rows, compiled = bench_policy(policy, a.batch_sizes, a.repeats, camera)
+            print(f"\ncompile={mode} preprocess={prep}")
+            if compiled and mode != "none":
+                compile_times[f"{mode}/{prep}"] = compiled
+                print("first call per batch bucket (compilation + one run): " + ", ".join(f"{b}: {s:.1f} s" for b, s in compiled.items()))
+            print_rows(rows, peak_label)
+            results.extend(rows)
+    if device.type == "cpu":
+        print(f"\n({peak_label}: the process's peak resident memory so far, not per batch size)")
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        report = {
+            "machine": machine,
+            "settings": {
+                "size": a.size, "device": str(device), "dtype": a.dtype, "parameters": params, "model_image_size": model.config.image_size,
+                "camera_size": camera, "num_steps": a.num_steps, "repeats": a.repeats, "threads": torch.get_num_threads(),
+                "build_seconds": build_s,
+            },
+            "results": results,
+            "compile_seconds": compile_times,
+        }
+        a.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {a.out}")
     return 0
 
 

@@ -4,6 +4,14 @@ Batched over any batch size. What RL needs is exposed: `prepare_batch` (tensors)
 drawn from the policy's seeded generator and returned in `extras`), optionally every intermediate x_t of the Euler
 integration (`record_trajectory`), `normalize_actions` (env chunk -> model space) and the model's
 `flow_matching_loss`.
+
+Speed (see docs/PERFORMANCE.md, "pi0 inference: compiled path and preprocessing"):
+- `preprocess="batched"` (default): the images of a batch are stacked once as uint8, moved to the device once, and
+  rotated/resized/scaled there as one batch (`batch_transforms.BatchImages`, the same pixels as the per-sample
+  reference); prompts are tokenised once per distinct instruction. `"per_sample"` runs the reference chain
+  (transforms.py) sample by sample, as before.
+- `compile`: "none" (eager) or a `torch.compile` mode for `sample` (`fast_sampling.FastSampler`: batch padded to a
+  bucket, at most one compilation per bucket).
 """
 
 from __future__ import annotations
@@ -18,14 +26,28 @@ import torch
 
 from pi0.ript.policy.protocol import PolicyOutput
 
+from .batch_transforms import BatchImages
 from .checkpoint import CONFIG_NAME, load_model, save_weights
 from .config import PI0Config
+from .fast_sampling import FastSampler, check_compile_mode
 from .modeling import PI0Model
 from .normalization import NormStats, identity_stats, load_norm_stats, save_norm_stats
 from .tokenizer import PromptTokenizer, build_word_tokenizer
-from .transforms import IMAGE_SLOTS, libero_action_targets, libero_input_transforms, libero_output_transforms
+from .transforms import (
+    IMAGE_SLOTS,
+    LiberoInputs,
+    Normalize,
+    PadState,
+    compose,
+    libero_action_targets,
+    libero_input_transforms,
+    libero_output_transforms,
+)
 
 log = logging.getLogger(__name__)
+
+PREPROCESS_MODES = ("batched", "per_sample")
+TOKEN_CACHE_SIZE = 4096  # distinct instructions remembered (a LIBERO suite has 10 to 90)
 
 
 def auto_device() -> torch.device:
@@ -87,6 +109,8 @@ class PI0Policy:
         seed: int | None = None,
         num_steps: int | None = None,
         record_trajectory: bool = False,
+        compile: str = "none",
+        preprocess: str = "batched",
     ):
         self.config: PI0Config = model.config
         self.device = torch.device(device) if device is not None else auto_device()
@@ -108,6 +132,15 @@ class PI0Policy:
         )
         self._outputs = libero_output_transforms(self.norm_stats, c.delta_action_dims, c.env_action_dim, c.norm_mode)
         self._targets = libero_action_targets(self.norm_stats, c.delta_action_dims, c.max_action_dim, c.norm_mode)
+        # The batched path: state and slots per sample (cheap), images as one batch, prompts from a cache.
+        self._state_inputs = compose([LiberoInputs(), Normalize("state", self.norm_stats, c.norm_mode), PadState(c.max_state_dim)])
+        self._batch_images = BatchImages(c.image_size)
+        self._token_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if preprocess not in PREPROCESS_MODES:
+            raise ValueError(f"preprocess={preprocess!r}: use one of {', '.join(PREPROCESS_MODES)}")
+        self.preprocess = preprocess
+        self.compile = check_compile_mode(compile)
+        self.fast_sampler = FastSampler(self.model, compile) if compile != "none" else None
 
     # ---- protocol ----
     @property
@@ -152,6 +185,8 @@ class PI0Policy:
             raise ValueError(f"{len(observations)} observations but {len(instructions)} instructions")
         if not observations:
             raise ValueError("prepare_batch needs at least one observation")
+        if self.preprocess == "batched":
+            return self._prepare_batched(observations, instructions)
         samples = [self._inputs({"observation": o, "prompt": p}) for o, p in zip(observations, instructions)]
         dev, dt = self.device, self.dtype
 
@@ -166,6 +201,39 @@ class PI0Policy:
             state=torch.from_numpy(stack("state")).to(dev, torch.float32),
             raw_state=torch.from_numpy(stack("raw_state")).to(dev),
         )
+
+    def _prepare_batched(self, observations: Sequence[Mapping[str, np.ndarray]], instructions: Sequence[str]) -> ModelInputs:
+        """The same tensors as the per-sample chain (tested bit for bit), with the image work done once per batch."""
+        samples = [self._state_inputs({"observation": o, "prompt": p}) for o, p in zip(observations, instructions)]
+        dev, dt, size = self.device, self.dtype, self.config.image_size
+        images, masks = [], []
+        for slot in IMAGE_SLOTS:
+            present = np.array([s["image_masks"][slot] for s in samples], dtype=bool)
+            masks.append(torch.from_numpy(present).to(dev))
+            if present.any():
+                images.append(self._batch_images([s["images"][slot] for s in samples], dev, dt))
+            else:
+                # Masked out in every sample: the model never reads it (embed_prefix drops the slot). LiberoInputs puts
+                # a black image there, which the chain would turn into -1 everywhere.
+                images.append(torch.full((len(samples), 3, size, size), -1.0, dtype=dt, device=dev))
+        tokens, token_masks = zip(*(self._tokenize(p) for p in instructions))
+        return ModelInputs(
+            images=images,
+            image_masks=masks,
+            tokens=torch.from_numpy(np.stack(tokens)).to(dev),
+            token_masks=torch.from_numpy(np.stack(token_masks)).to(dev),
+            state=torch.from_numpy(np.stack([s["state"] for s in samples])).to(dev, torch.float32),
+            raw_state=torch.from_numpy(np.stack([s["raw_state"] for s in samples])).to(dev),
+        )
+
+    def _tokenize(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        hit = self._token_cache.get(prompt)
+        if hit is None:
+            if len(self._token_cache) >= TOKEN_CACHE_SIZE:
+                self._token_cache.clear()
+            ids, mask = self.tokenizer.tokenize([prompt], self.config.max_token_len)
+            hit = self._token_cache[prompt] = (ids[0], mask[0])
+        return hit
 
     def postprocess(self, normalised_chunk: torch.Tensor | np.ndarray, raw_states: torch.Tensor | np.ndarray) -> np.ndarray:
         """Model-space chunk [B, H, 32] -> env actions [B, H, 7] (unnormalise, add state to delta dims, keep 7)."""
@@ -189,11 +257,37 @@ class PI0Policy:
             noise = self.model.sample_noise(inputs.batch_size, self.generator)
         noise = noise.to(self.device, torch.float32)
         with torch.inference_mode():
-            out = self.model.sample_actions(
-                *inputs.model_args(), noise=noise, num_steps=self.num_steps, return_trajectory=return_trajectory
-            )
+            if self.fast_sampler is not None:
+                out = self.fast_sampler.sample(*inputs.model_args(), noise, self.num_steps, return_trajectory)
+            else:
+                out = self.model.sample_actions(
+                    *inputs.model_args(), noise=noise, num_steps=self.num_steps, return_trajectory=return_trajectory
+                )
         chunk, traj = out if return_trajectory else (out, None)
         return chunk, noise, traj
+
+    def warmup(self, batch_sizes: Sequence[int]) -> dict[tuple[int, int, bool], float]:
+        """Compile ahead of the rollouts for every bucket these batch sizes fall in (LIBERO's slot pattern: base and
+        left wrist present, right wrist masked; a different pattern is another prefix length, compiled when met).
+        -> the fast sampler's compile seconds per (bucket, steps, trajectory); empty when compile is "none"."""
+        if self.fast_sampler is None:
+            return {}
+        s, c = self.config.image_size, self.config
+        for b in sorted(set(batch_sizes)):
+            image = torch.zeros(b, 3, s, s, device=self.device, dtype=self.dtype)
+            present = [torch.full((b,), i < 2, dtype=torch.bool, device=self.device) for i in range(len(IMAGE_SLOTS))]
+            token_masks = torch.zeros(b, c.max_token_len, dtype=torch.bool, device=self.device)
+            token_masks[:, :8] = True
+            inputs = ModelInputs(
+                images=[image] * len(IMAGE_SLOTS),
+                image_masks=present,
+                tokens=torch.ones(b, c.max_token_len, dtype=torch.long, device=self.device),
+                token_masks=token_masks,
+                state=torch.zeros(b, c.max_state_dim, device=self.device),
+                raw_state=torch.zeros(b, 8, dtype=torch.float64, device=self.device),
+            )
+            self.sample(inputs, return_trajectory=self.record_trajectory)
+        return dict(self.fast_sampler.compile_seconds)
 
     def predict_chunks(
         self,
@@ -229,6 +323,8 @@ def make_tiny_policy(
     image_size: int = 112,
     device: torch.device | str | None = "cpu",
     dtype: torch.dtype = torch.float32,
+    compile: str = "none",
+    preprocess: str = "batched",
     **config_overrides,
 ) -> PI0Policy:
     """A random-weight tiny pi0 with a word-level tokenizer built from `instructions` (tests, CPU demos)."""
@@ -237,7 +333,9 @@ def make_tiny_policy(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = PI0Model(cfg)
-    return PI0Policy(model, tok, norm_stats or identity_stats(), device=device, dtype=dtype, seed=seed)
+    return PI0Policy(
+        model, tok, norm_stats or identity_stats(), device=device, dtype=dtype, seed=seed, compile=compile, preprocess=preprocess
+    )
 
 
 __all__ = ["ModelInputs", "PI0Policy", "make_tiny_policy", "auto_device"]

@@ -50,17 +50,30 @@ def quat_xyzw_to_axis_angle(quat: np.ndarray) -> np.ndarray:
     return q[:3] * 2.0 * math.acos(q[3]) / den
 
 
-def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """openpi client's resize: aspect kept, PIL bilinear, centred on a black canvas; uint8 [H, W, 3] in and out."""
-    cur_h, cur_w = image.shape[:2]
-    if (cur_h, cur_w) == (height, width):
-        return image
+def pad_geometry(cur_h: int, cur_w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """openpi's resize_with_pad layout: the aspect-kept size inside (height, width) and where it is pasted.
+    -> (new_h, new_w, top, left)."""
     ratio = max(cur_w / width, cur_h / height)
     new_h, new_w = int(cur_h / ratio), int(cur_w / ratio)
-    resized = Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), resample=Image.BILINEAR)
+    return new_h, new_w, max(0, int((height - new_h) / 2)), max(0, int((width - new_w) / 2))
+
+
+def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """openpi client's resize: aspect kept, PIL bilinear, centred on a black canvas; uint8 [H, W, 3] in and out."""
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(pil_resize_with_pad(Image.fromarray(np.ascontiguousarray(image)), height, width))
+
+
+def pil_resize_with_pad(image: Image.Image, height: int, width: int) -> Image.Image:
+    """`resize_with_pad` on a PIL image (saves the array round trip when the caller already holds one)."""
+    if image.size == (width, height):
+        return image
+    new_h, new_w, top, left = pad_geometry(image.height, image.width, height, width)
+    resized = image.resize((new_w, new_h), resample=Image.BILINEAR)
     canvas = Image.new(resized.mode, (width, height), 0)
-    canvas.paste(resized, (max(0, int((width - new_w) / 2)), max(0, int((height - new_h) / 2))))
-    return np.asarray(canvas)
+    canvas.paste(resized, (left, top))
+    return canvas
 
 
 @dataclass(frozen=True)

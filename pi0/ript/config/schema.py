@@ -69,6 +69,7 @@ class PolicyConfig:
     dtype: str = "float32"  # float32 | bfloat16
 
 
+    compile: str = "none"  # pi0 sampling: none (eager) | default (torch.compile) | reduce-overhead (+ CUDA graphs on a GPU)
 @dataclass
 class EvalConfig:
     episodes_per_task: int = 10  # init states 0..N-1 (from init_state_offset) of each task
@@ -159,6 +160,7 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.eval.video_fps >= 1, f"eval.video_fps={cfg.eval.video_fps} must be >= 1")
     r = cfg.runner
     _require(r.start_method in ("spawn", "forkserver", "fork"), f"runner.start_method={r.start_method!r}: use spawn, forkserver or fork")
+    _require(cfg.policy.compile in ("none", "default", "reduce-overhead"), f"policy.compile={cfg.policy.compile!r}: use none, default or reduce-overhead")
     _require(r.worker_timeout_s > 0, f"runner.worker_timeout_s={r.worker_timeout_s} must be > 0 seconds")
     _require(r.max_worker_restarts >= 0, f"runner.max_worker_restarts={r.max_worker_restarts} must be >= 0")
     _require(r.on_bad_action in ("raise", "fail_episode"), f"runner.on_bad_action={r.on_bad_action!r}: use raise or fail_episode")

@@ -50,7 +50,7 @@ def load_policy(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.policy.dtype]
     try:
-        policy = PI0Policy.from_pretrained(path, device=device, dtype=dtype)
+        policy = PI0Policy.from_pretrained(path, device=device, dtype=dtype, compile=cfg.policy.compile)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         # A checkpoint the user supplied is incomplete or malformed: one line naming the file and the fix.
         message = exc.args[0] if exc.args else type(exc).__name__

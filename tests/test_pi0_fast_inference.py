@@ -1,0 +1,169 @@
+"""Fast pi0 inference: batched preprocessing gives the reference chain's exact tensors, padding to a batch bucket
+changes no row, the compiled sampler gives the eager chunks, and `pi0-ript bench model` reports what it claims."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pi0.model.batch_transforms import BatchImages, bilinear_taps
+from pi0.model.fast_sampling import FastSampler, bucket_size, pad_rows
+from pi0.model.normalization import NormStats
+from pi0.model.policy import make_tiny_policy
+from pi0.model.transforms import ImagesToModel, ResizeWithPad, Rotate180, compose
+from tests.pi0_fixtures import INSTRUCTIONS, make_obs, one_thread
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+_ = one_thread
+
+STATS = {
+    "state": NormStats(np.linspace(-0.5, 0.5, 8), np.linspace(0.5, 2.0, 8)),
+    "actions": NormStats(np.zeros(7), np.ones(7)),
+}
+
+
+@pytest.mark.parametrize("kernel", ["pil", "fixed_point"])
+@pytest.mark.parametrize(
+    "height, width, size",
+    [(256, 256, 224), (128, 128, 112), (100, 60, 56), (60, 100, 56), (30, 50, 56), (64, 64, 64)],
+    ids=["256to224", "128to112", "tall-pad", "wide-pad", "upscale-pad", "same-size"],
+)
+def test_batch_images_equal_the_per_sample_chain(kernel, height, width, size):
+    rng = np.random.default_rng(height * 1000 + width)
+    images = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(3)]
+    images[1][::2] = 255  # sharp edges: where rounding differences would show
+    images[1][1::2] = 0
+    chain = compose([Rotate180(), ResizeWithPad(size), ImagesToModel()])
+    expected = np.stack([chain({"images": {"x": i}})["images"]["x"] for i in images])
+    got = BatchImages(size, kernel)(images, "cpu", torch.float32)
+    assert got.shape == (3, 3, size, size) and got.is_contiguous()
+    np.testing.assert_array_equal(got.numpy(), expected)  # bit for bit: not even one grey level apart
+
+
+def test_bilinear_taps_are_pil_fixed_point_weights():
+    index, weight = bilinear_taps(256, 224)
+    assert index.shape[0] == 224 and weight.dtype == np.int64
+    # Each output pixel's weights sum to 1.0 in 22-bit fixed point (up to the rounding of each tap).
+    assert np.abs(weight.sum(axis=1) - (1 << 22)).max() <= weight.shape[1]
+    flipped, _ = bilinear_taps(256, 224, flip=True)
+    np.testing.assert_array_equal(flipped, 255 - index)
+    with pytest.raises(ValueError, match="kernel='cuda'"):
+        BatchImages(224, "cuda")
+
+
+def _policies(**kwargs):
+    return [make_tiny_policy(INSTRUCTIONS, norm_stats=STATS, seed=0, image_size=56, preprocess=p, **kwargs) for p in ("per_sample", "batched")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_batched_prepare_batch_equals_per_sample(dtype):
+    reference, batched = _policies(dtype=dtype)
+    rng = np.random.default_rng(1)
+    observations = [make_obs(rng, 64) for _ in range(5)]
+    instructions = [INSTRUCTIONS[i % 2] for i in range(5)]  # repeated prompts: the token cache is hit
+    want = reference.prepare_batch(observations, instructions)
+    for kernel in ("pil", "fixed_point"):
+        batched._batch_images = BatchImages(56, kernel)
+        got = batched.prepare_batch(observations, instructions)
+        for a, b in zip(got.images, want.images):
+            assert a.dtype == b.dtype == dtype and torch.equal(a, b)
+        for name in ("tokens", "token_masks", "state", "raw_state"):
+            a, b = getattr(got, name), getattr(want, name)
+            assert a.dtype == b.dtype and torch.equal(a, b), name
+        assert all(torch.equal(a, b) for a, b in zip(got.image_masks, want.image_masks))
+    assert len(batched._token_cache) == 2
+
+
+def test_mixed_image_sizes_in_one_batch_are_refused():
+    _, batched = _policies()
+    rng = np.random.default_rng(2)
+    with pytest.raises(ValueError, match="different shapes in one batch"):
+        batched.prepare_batch([make_obs(rng, 64), make_obs(rng, 32)], INSTRUCTIONS[:2])
+
+
+def test_buckets_and_padding():
+    assert [bucket_size(b) for b in (1, 2, 3, 5, 8, 9, 33, 64, 65, 130)] == [1, 2, 4, 8, 8, 16, 64, 64, 128, 192]
+    t = torch.arange(6.0).reshape(3, 2)
+    padded = pad_rows(t, 4)
+    assert padded.shape == (4, 2) and torch.equal(padded[:3], t) and torch.equal(padded[3], t[2])
+    same = pad_rows(t, 3)
+    assert same is not t and torch.equal(same, t)
+    with pytest.raises(ValueError, match="batch size 0"):
+        bucket_size(0)
+
+
+def _inputs(policy, batch: int, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    inputs = policy.prepare_batch([make_obs(rng, 64) for _ in range(batch)], [INSTRUCTIONS[i % 5] for i in range(batch)])
+    noise = policy.model.sample_noise(batch, torch.Generator().manual_seed(seed))
+    return inputs, noise
+
+
+def test_padding_to_a_bucket_changes_no_row():
+    policy = make_tiny_policy(INSTRUCTIONS, seed=0, image_size=56)
+    sampler = FastSampler(policy.model, "none")  # eager: only the padding differs from sample_actions
+    inputs, noise = _inputs(policy, 5)
+    with torch.inference_mode():
+        want, want_traj = policy.model.sample_actions(*inputs.model_args(), noise=noise, num_steps=4, return_trajectory=True)
+        got, traj = sampler.sample(*inputs.model_args(), noise, 4, return_trajectory=True)
+        # Rows do not depend on their batch mates, padded or not: row 4 alone gives the same chunk.
+        alone = sampler.sample(*inputs.index_select(torch.tensor([4])).model_args(), noise[4:], 4)
+    assert list(sampler.compile_seconds) == [(8, 4, True), (1, 4, False)]
+    assert got.shape == want.shape == (5, 50, 32) and traj.shape == (5, 5, 50, 32)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(traj, want_traj, rtol=0, atol=1e-5)
+    torch.testing.assert_close(alone, want[4:], rtol=0, atol=1e-5)
+
+
+def test_compiled_sampling_matches_eager_and_reuses_its_bucket():
+    """torch.compile (inductor's CPU backend) on the tiny model: about a minute of compilation on 2 cores."""
+    from torch._dynamo.utils import counters
+
+    eager = make_tiny_policy(INSTRUCTIONS, seed=0, image_size=56, num_inference_steps=3)
+    compiled = make_tiny_policy(INSTRUCTIONS, seed=0, image_size=56, num_inference_steps=3, compile="default")
+    inputs, noise = _inputs(eager, 4)
+    three = inputs.index_select(torch.arange(3))
+    want, _, _ = eager.sample(three, noise[:3])
+    got, _, _ = compiled.sample(three, noise[:3])  # batch 3: padded to bucket 4, compiled once
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    assert list(compiled.fast_sampler.compile_seconds) == [(4, 3, False)]
+    graphs = counters["stats"]["unique_graphs"]
+    got4, _, _ = compiled.sample(inputs, noise)  # batch 4: same bucket, no new graph
+    assert counters["stats"]["unique_graphs"] == graphs
+    torch.testing.assert_close(got4, eager.sample(inputs, noise)[0], rtol=0, atol=1e-4)
+    torch.testing.assert_close(got4[:3], got, rtol=0, atol=1e-5)
+
+
+def test_bad_compile_and_preprocess_values_name_the_key():
+    with pytest.raises(ValueError, match="policy.compile='fast'"):
+        make_tiny_policy(INSTRUCTIONS, compile="fast")
+    with pytest.raises(ValueError, match="preprocess='gpu'"):
+        make_tiny_policy(INSTRUCTIONS, preprocess="gpu")
+    from pi0.ript.config.schema import ConfigError, load_config
+
+    assert load_config(None, []).policy.compile == "none"
+    with pytest.raises(ConfigError, match="policy.compile='max'"):
+        load_config(None, ["policy.compile=max"])
+
+
+def test_bench_model_reports_per_batch_timings_preprocessing_and_memory(tmp_path, capsys):
+    from pi0.model.bench import main
+
+    out = tmp_path / "bench.json"
+    argv = ["--size", "tiny", "--device", "cpu", "--batch-sizes", "1", "3", "--repeats", "1", "--num-steps", "2"]
+    assert main(argv + ["--preprocess", "batched", "per_sample", "--image-size", "56", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "peak" in printed and "preprocess" in printed
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_cores"] >= 1 and report["machine"]["torch"] == torch.__version__
+    assert report["machine"]["gpu"] is None
+    rows = report["results"]
+    assert {(r["compile"], r["preprocess"], r["batch"]) for r in rows} == {
+        ("none", p, b) for p in ("batched", "per_sample") for b in (1, 3)
+    }
+    for r in rows:
+        assert r["preprocess_ms"] > 0 and r["ms_per_sample"] == pytest.approx(r["ms_per_call"] / r["batch"])
+        assert r["preprocess_share"] == pytest.approx(r["preprocess_ms"] / r["ms_per_call"]) and r["peak_memory_mib"] > 0
