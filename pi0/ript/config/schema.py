@@ -59,6 +59,8 @@ class TaskConfig:
     fast_render: bool = False  # cheaper rendering (no multisampling/reflections); images differ from training
     render_on_demand: bool = True  # render cameras only on steps whose observation the policy reads
     fast_reset: bool = True  # reset without rebuilding the simulation when proven equal to a hard reset
+    emulated_step_ms: float = 0.0  # reach only: sleep per step, emulating a slow simulator's physics (bench); 0: off
+    emulated_render_ms: float = 0.0  # reach only: extra sleep per step whose cameras are rendered (bench); 0: off
 
 
 @dataclass
@@ -67,9 +69,9 @@ class PolicyConfig:
     kind: str = "auto"  # auto: pi0 if checkpoint_path exists, else the small built-in policy; or "pi0" / "small"
     device: str = "auto"  # auto: cuda if available, else cpu
     dtype: str = "float32"  # float32 | bfloat16
-
-
     compile: str = "none"  # pi0 sampling: none (eager) | default (torch.compile) | reduce-overhead (+ CUDA graphs on a GPU)
+
+
 @dataclass
 class EvalConfig:
     episodes_per_task: int = 10  # init states 0..N-1 (from init_state_offset) of each task
@@ -85,6 +87,7 @@ class RunnerConfig:
     worker_timeout_s: float = 300.0  # a worker silent this long on one command is treated as hung and replaced
     max_worker_restarts: int = 3  # consecutive failures of one episode before the run gives up
     overlap_inference: bool = True  # let other envs step while the model computes chunks for some
+    inference_groups: int = 0  # overlapped calls alternate between k groups of envs; 0: the runner picks k as it runs
     on_bad_action: str = "raise"  # raise | fail_episode: what a NaN/inf or wrong-shape policy action does
 
 
@@ -151,17 +154,21 @@ def validate(cfg: DictConfig) -> None:
     _require(t.image_size >= 16, f"task.image_size={t.image_size} must be >= 16 pixels")
     _require(t.num_wait_steps >= 0, f"task.num_wait_steps={t.num_wait_steps} must be >= 0")
     _require(t.replan_steps >= 1, f"task.replan_steps={t.replan_steps} must be >= 1")
+    for key in ("emulated_step_ms", "emulated_render_ms"):
+        _require(t[key] >= 0, f"task.{key}={t[key]} must be >= 0 milliseconds")
+        _require(t[key] == 0 or t.benchmark_name in BUILTIN_SUITES, f"task.{key}: only the built-in reach task emulates step time, not {t.benchmark_name}")
     _require(all(i >= 0 for i in t.task_ids), f"task.task_ids={list(t.task_ids)} must be non-negative task indices")
     _require(cfg.policy.kind in ("auto", "pi0", "small"), f"policy.kind={cfg.policy.kind!r}: use auto, pi0 or small")
     _require(cfg.policy.dtype in ("float32", "bfloat16"), f"policy.dtype={cfg.policy.dtype!r}: use float32 or bfloat16")
+    _require(cfg.policy.compile in ("none", "default", "reduce-overhead"), f"policy.compile={cfg.policy.compile!r}: use none, default or reduce-overhead")
     _require(cfg.policy.device == "auto" or cfg.policy.device.split(":")[0] in ("cpu", "cuda"), f"policy.device={cfg.policy.device!r}: use auto, cpu, cuda or cuda:N")
     _require(cfg.eval.episodes_per_task >= 1, f"eval.episodes_per_task={cfg.eval.episodes_per_task} must be >= 1")
     _require(cfg.eval.init_state_offset >= 0, f"eval.init_state_offset={cfg.eval.init_state_offset} must be >= 0")
     _require(cfg.eval.video_fps >= 1, f"eval.video_fps={cfg.eval.video_fps} must be >= 1")
     r = cfg.runner
     _require(r.start_method in ("spawn", "forkserver", "fork"), f"runner.start_method={r.start_method!r}: use spawn, forkserver or fork")
-    _require(cfg.policy.compile in ("none", "default", "reduce-overhead"), f"policy.compile={cfg.policy.compile!r}: use none, default or reduce-overhead")
     _require(r.worker_timeout_s > 0, f"runner.worker_timeout_s={r.worker_timeout_s} must be > 0 seconds")
+    _require(r.inference_groups >= 0, f"runner.inference_groups={r.inference_groups} must be >= 0 (0: chosen by the runner)")
     _require(r.max_worker_restarts >= 0, f"runner.max_worker_restarts={r.max_worker_restarts} must be >= 0")
     _require(r.on_bad_action in ("raise", "fail_episode"), f"runner.on_bad_action={r.on_bad_action!r}: use raise or fail_episode")
     f = cfg.features

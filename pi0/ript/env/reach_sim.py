@@ -9,10 +9,16 @@ only the delta xyz moves the end effector (rotation deltas and the gripper are a
 gripper command sets the finger positions so the state is not constant).
 
 Everything is plain numpy; an observation costs tens of microseconds, a step without one a few.
+
+Optional step-time model (`emulated_step_ms`, `emulated_render_ms`, off by default): each step sleeps the given
+physics time, plus the render time on steps whose cameras are rendered (the observation is wanted, or
+`render_on_demand` is off). This emulates a slow simulator, e.g. LIBERO on a GPU box, on a small CPU: a sleeping
+worker costs no CPU, so 14 emulated workers run on 2 cores (see `pi0-ript bench`, section `emulated`).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +58,9 @@ class ReachEnvSpec:
     target_jitter: float | None = 0.15  # targets = a fixed layout + uniform +-jitter per init state; None: anywhere
     num_wait_steps: int = 0  # settle steps run by reset with the no-op action (nothing settles here; kept for parity)
     seed: int = 0  # init-state seed: different seeds give different (but fixed) init-state sets
+    emulated_step_ms: float = 0.0  # sleep per step (physics of a slow simulator); 0: off
+    emulated_render_ms: float = 0.0  # extra sleep per step whose cameras are rendered; 0: off
+    render_on_demand: bool = True  # False: every step pays emulated_render_ms, as LIBERO renders every step then
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_targets <= len(TARGET_COLOURS):
@@ -60,12 +69,16 @@ class ReachEnvSpec:
             raise ValueError(f"target_jitter={self.target_jitter}: allowed 0..0.2 (targets must not overlap) or None")
         if self.image_size < 8:
             raise ValueError(f"image_size={self.image_size}: must be >= 8 pixels")
+        if self.emulated_step_ms < 0 or self.emulated_render_ms < 0:
+            raise ValueError(f"emulated_step_ms={self.emulated_step_ms}, emulated_render_ms={self.emulated_render_ms}: must be >= 0")
 
     @classmethod
     def from_config(cls, config) -> "ReachEnvSpec":
-        """Build from a run config's `task` section (image_size, num_wait_steps, seed)."""
+        """Build from a run config's `task` section (image_size, num_wait_steps, seed, the step-time model)."""
         task = config.task
-        return cls(image_size=int(task.image_size), num_wait_steps=int(task.num_wait_steps), seed=int(task.seed))
+        return cls(image_size=int(task.image_size), num_wait_steps=int(task.num_wait_steps), seed=int(task.seed),
+                   emulated_step_ms=float(task.emulated_step_ms), emulated_render_ms=float(task.emulated_render_ms),
+                   render_on_demand=bool(task.render_on_demand))
 
     def make(self) -> "ReachSim":
         return ReachSim(self)
@@ -155,6 +168,7 @@ class ReachSim:
         self._gripper_qpos = GRIPPER_OPEN_QPOS.copy()
         for _ in range(self.spec.num_wait_steps):
             self.step(NOOP_ACTION, want_observation=False)
+        self._emulate_step_time(rendered=True)  # the reset's observation is rendered
         return ResetResult(
             observation=self._observe(),
             instruction=self.spec.instruction(task_id),
@@ -173,6 +187,7 @@ class ReachSim:
         self._eef[2] = np.clip(self._eef[2], 0.0, WORKSPACE_HALF_WIDTH)  # the table stops downward motion
         self._gripper_qpos = GRIPPER_CLOSED_QPOS.copy() if action[6] > 0 else GRIPPER_OPEN_QPOS.copy()
         success = self.distance_to_target() < self.spec.success_radius
+        self._emulate_step_time(rendered=want_observation or not self.spec.render_on_demand)
         return StepResult(
             observation=self._observe() if want_observation else None,
             reward=1.0 if success else 0.0,
@@ -182,6 +197,11 @@ class ReachSim:
 
     def render_count(self) -> int:
         return self._renders
+
+    def _emulate_step_time(self, rendered: bool) -> None:
+        seconds = (self.spec.emulated_step_ms + (self.spec.emulated_render_ms if rendered else 0.0)) / 1000.0
+        if seconds > 0:
+            time.sleep(seconds)
 
     def close(self) -> None:
         pass
