@@ -164,7 +164,10 @@ def test_chaos_random_worker_kills_lose_and_duplicate_nothing(no_orphans):
         def killer():
             while len(kills) < kills_wanted and not stop.is_set():
                 time.sleep(rng.uniform(0.05, 0.5))
-                pid = rng.choice(runner.worker_pids() or [0])
+                pids = runner.worker_pids()
+                if not pids:
+                    continue  # between runs, or after close(): never signal a pid that is not a live worker's
+                pid = rng.choice(pids)
                 try:
                     os.kill(pid, signal.SIGKILL)
                     kills.append(pid)
@@ -174,14 +177,16 @@ def test_chaos_random_worker_kills_lose_and_duplicate_nothing(no_orphans):
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
         disturbed_episodes = []
-        # Keep rolling the same requests until the killer is done, so every kill lands inside a run.
-        while True:
-            disturbed_episodes = list(runner.run_episodes(requests()))
-            assert _signature(disturbed_episodes) == undisturbed
-            if len(kills) >= kills_wanted:
-                break
-        stop.set()
-        thread.join()
+        try:
+            # Keep rolling the same requests until the killer is done, so every kill lands inside a run.
+            while True:
+                disturbed_episodes = list(runner.run_episodes(requests()))
+                assert _signature(disturbed_episodes) == undisturbed
+                if len(kills) >= kills_wanted:
+                    break
+        finally:
+            stop.set()  # the killer stops before the runner closes, even when an assertion fails
+            thread.join()
         restarts = runner.stats.worker_restarts
     assert len(kills) >= kills_wanted
     assert restarts >= 1
@@ -259,3 +264,37 @@ def test_overlapped_calls_batch_every_env_when_the_policy_is_the_bottleneck(no_o
         list(runner.run_episodes([EpisodeRequest(0, i) for i in range(4)]))
         stats = runner.stats.as_dict()
     assert stats["mean_batch_size"] >= 3.5, stats
+
+
+def test_group_schedule_gives_the_same_episodes_and_caps_each_call_at_one_group(no_orphans):
+    """Emulated slow steps and a latency policy L(b) = a + c*b (the inference-bound regime of a GPU box): lock-step,
+    three fixed groups and the runner's own choice give the same episodes; with k groups no call takes more than
+    ceil(N/k) envs; the runner's own choice has seen two batch sizes, so it could fit a and c."""
+    from pi0.ript.bench_policies import LatencyPolicy
+
+    batches = []
+
+    class RecordingPolicy(LatencyPolicy):
+        def predict_chunks(self, observations, instructions):
+            batches.append(len(observations))
+            return super().predict_chunks(observations, instructions)
+
+    policy = RecordingPolicy(POLICY, 0.04, 0.005)
+    runs = {"lockstep": ["runner.overlap_inference=false"], "three_groups": ["runner.inference_groups=3"], "chosen": []}
+    signatures = {}
+    for name, overrides in runs.items():
+        cfg = reach_config("task.num_parallel_envs=6", "task.replan_steps=2", "task.max_episode_length=16",
+                           "task.emulated_step_ms=10", "task.emulated_render_ms=5", *overrides)
+        batches.clear()
+        with PI0LiberoRunner(policy, config=cfg) as runner:
+            signatures[name] = _signature(runner.run_episodes(_requests(2, 6)))  # 12 episodes, 2 per worker
+            stats = runner.stats.as_dict()
+            fit = runner.schedule.calls.fit()
+        if name == "lockstep":
+            assert stats["schedule"] == {}  # lock-step does not go through the group schedule
+        if name == "three_groups":
+            assert max(batches) <= 2, batches  # ceil(6 / 3)
+            assert stats["env_seconds"]["in_call"] > 0
+        if name == "chosen":
+            assert fit is not None, runner.schedule.calls.mean_seconds  # probed a second batch size
+    assert signatures["lockstep"] == signatures["three_groups"] == signatures["chosen"]

@@ -1,13 +1,14 @@
 """`PI0LiberoRunner`: envs in worker processes, one policy in this process, a per-env action queue.
 
 The loop is event driven. Each worker runs one episode at a time; when it answers a step, its env either takes the
-next action from its own queue at once, or joins the set of envs waiting for the policy. Those are batched into one
-`predict_chunks` call. With `runner.overlap_inference` (default) the policy runs in a background thread as soon as any
-env waits and no call is already running; meanwhile this loop keeps collecting replies and sending queued actions, so
-the other workers keep simulating while the model computes, and envs that finish a chunk during the call gather into
-the next batch (the batch grows by itself when the model is the bottleneck). Without it the policy is called here,
-synchronously, once no worker is mid-step (lock-step batches). Scheduling never changes an episode: each env's
-actions depend only on its own observations, for a policy whose samples do not depend on their batch-mates.
+next action from its own queue at once, or joins the set of envs waiting for the policy. Those are batched into
+`predict_chunks` calls. With `runner.overlap_inference` (default) the policy runs in a background thread while this
+loop keeps collecting replies and sending queued actions, so the other workers keep simulating while the model
+computes. Which waiting envs a call takes follows a group schedule (`pi0.ript.env.schedule`): the envs form k groups
+whose calls alternate, k chosen from the simulation and call times measured as the run goes (k = 1: one call for
+every env). Without overlap the policy is called here, synchronously, once no worker is mid-step (lock-step batches).
+Scheduling never changes an episode: each env's actions depend only on its own observations, for a policy whose
+samples do not depend on their batch-mates.
 A finished env takes the next pending episode, preferring one of the task it already has loaded (its simulation can
 then be reset without a rebuild).
 
@@ -18,6 +19,7 @@ exactly one episode. Ctrl-C or an error closes every worker: no process is left 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import time
 from collections import deque
@@ -28,6 +30,7 @@ from typing import Iterable, Iterator
 from pi0.ript.env.episode import Episode, EpisodeRequest
 from pi0.ript.env.rollout import EpisodeInProgress
 from pi0.ript.env.runner_base import RunnerBase
+from pi0.ript.env.schedule import GroupSchedule
 from pi0.ript.env.worker import RESET, STEP, EnvWorker, WorkerDied
 
 log = logging.getLogger(__name__)
@@ -69,14 +72,17 @@ class PI0LiberoRunner(RunnerBase):
         self._wake_r, self._wake_w = None, None
         self._inflight: tuple[Future, list[_Slot]] | None = None
         self._woken = False
-        # When to launch an overlapped call (see _batch_ready): when each waiting env started waiting, and how long
-        # the last call took.
+        # Which envs an overlapped call takes, and when (see _next_batch): measured chunk and call times, when each
+        # waiting env started waiting, when each env got its chunk, and when the model last became free.
+        self.schedule = GroupSchedule(int(self.cfg.runner.inference_groups))
         self._waiting_since: dict[_Slot, float] = {}
-        self._last_call_seconds = 0.0
-        self._step_seconds = 0.0  # moving average of one env step's round trip
-        self._chunk_delivered: dict[_Slot, float] = {}  # when each env last got its chunk from an overlapped call
-        self._chunk_seconds = 0.0  # moving average of the time an env takes to play one chunk (its replan steps)
+        self._chunk_delivered: dict[_Slot, float] = {}
+        self._model_free_since = 0.0
         self._launch_deadline: float | None = None
+        self._group: dict[_Slot, int] = {}  # each env's group; an env without one rides with the next call
+        self._groups_k = 0  # the k the groups were formed for
+        self._tick: float | None = None  # last loop iteration, for the env-time accounting in stats.env_seconds
+        self._held = self._queued = 0
 
     # --- workers ----------------------------------------------------------------------------------------------
     def start_workers(self) -> list[EnvWorker]:
@@ -126,26 +132,36 @@ class PI0LiberoRunner(RunnerBase):
                     yield episode
                 for episode in self._finish_inference(pending, want_frames):
                     yield episode
+                self._account_env_time()
                 inferring = self._inflight[1] if self._inflight is not None else []
                 waiting = [s for s in self._slots if s.episode is not None and not s.busy
                            and s.episode.needs_inference() and s not in inferring]
                 if not waiting:
                     continue
                 if self.overlap_inference:
-                    if self._inflight is None and self._batch_ready(waiting):
-                        self._start_inference(waiting)
+                    self._note_arrivals(waiting)
+                    batch = self._next_batch(waiting) if self._inflight is None else []
+                    if batch:
+                        self._start_inference(batch)
+                        waiting = [s for s in waiting if s not in batch]
+                    self._note_waiting(waiting)
                 elif not any(s.busy for s in self._slots):
                     self._infer([s.episode for s in waiting])
                     for slot in waiting:
                         episode = self._advance(slot, pending, want_frames)
                         if episode is not None:
                             yield episode
+                else:
+                    self._note_waiting(waiting)  # lock-step: held until no worker is mid-step
             finished_cleanly = True
         finally:
             self._inflight, self._woken = None, False  # a call still running only touches this abandoned run's episodes
             self._waiting_since.clear()
             self._chunk_delivered.clear()
             self._launch_deadline = None
+            self._tick, self._held, self._queued = None, 0, 0
+            self._group.clear()
+            self._groups_k = 0
             if not finished_cleanly:
                 # Interrupted (Ctrl-C, an error, or the consumer stopped early): workers may be mid-command, and a
                 # half-run episode must not leak into the next call. Stop them all; the next call starts fresh ones.
@@ -155,6 +171,7 @@ class PI0LiberoRunner(RunnerBase):
         """Give an idle worker the next episode, preferring one of the task its simulation already holds."""
         slot.request, slot.episode = None, None
         self._chunk_delivered.pop(slot, None)  # a reset is not part of playing a chunk
+        self._group.pop(slot, None)  # a new episode joins whichever call comes after its reset
         if not pending:
             return
         match = next((r for r in pending if r.task_id == slot.loaded_task), pending[0])
@@ -174,42 +191,83 @@ class PI0LiberoRunner(RunnerBase):
             self._retry(slot, str(exc))
 
     # --- overlapped inference ----------------------------------------------------------------------------------
-    def _batch_ready(self, waiting: list[_Slot]) -> bool:
-        """Launch an overlapped call now, or wait for more envs to join the batch?
+    def _next_batch(self, waiting: list[_Slot]) -> list[_Slot]:
+        """The envs the next overlapped call takes (the model is free), or [] to wait for more.
 
-        Launching for whoever waits halves throughput when the model is the bottleneck: a small call and a call for
-        the rest alternate, each paying the full latency (measured on the reach task, 200 ms policy, 4 workers,
-        replan 1: 9.8 env-steps/s against 15.6 in lock-step). So a call goes out when
-          - every env in an episode waits, or no other worker is mid-step (nothing else can join);
-          - the oldest waiting env has waited as long as the last call took (waiting longer costs more than a call);
-          - steps take at least as long as a call and half the envs wait: then two halves alternate, one simulating
-            while the other's call runs, which is where overlapping pays;
-          - the model would be mostly idle even serving every env with its own call (few envs, a long replan
-            interval: e.g. 200 ms calls, replan 5, 4 LIBERO envs on 2 cores, ~1.5 s to play a chunk: ~47%): then
-            waiting for batch-mates adds more latency than queueing behind single calls.
-        """
+        The envs in an episode form k groups (k from `self.schedule`, ~N/k envs each) whose calls alternate: a call
+        serves the group of the longest-waiting env. It waits for that group's late members only while they are
+        due (their chunk's measured play time) within L(1) of the model becoming free: waiting longer costs the whole
+        group more than a call of one would. A member that misses its group's call, and an env starting an episode
+        (a LIBERO reset lasts several chunks), has no group: it rides with the next call whose group has room, and
+        joins that group. So groups keep their phase; stragglers never hold a group back, nor split it.
+
+        Why not the previous rule (issue 17, emulated H200 box, docs/PERFORMANCE.md): it held a call for any
+        batch-mate up to the last call's duration, so 14 envs kept moving in lock-step and simulation never
+        overlapped inference, where two alternating groups are predicted, and measured, ~10% faster."""
+        now = time.monotonic()
+        self._launch_deadline = None
+        in_episode = [s for s in self._slots if s.request is not None]
+        k = self.schedule.groups(len(in_episode))
+        if k != self._groups_k:  # (re)form the groups: every env past its reset, in slot order
+            self._groups_k = k
+            self._group = {s: i % k for i, s in enumerate(s for s in self._slots if s.episode is not None)}
+        room = math.ceil(len(in_episode) / k)
+        riders = sorted((s for s in waiting if s not in self._group), key=lambda s: self._waiting_since[s])
+        grouped = [s for s in waiting if s in self._group]
+        if not grouped:  # only riders wait: they go with the call of the group with most room
+            sizes = {g: list(self._group.values()).count(g) for g in range(k)}
+            group = min(sizes, key=lambda g: (sizes[g], g))
+            if any(s.busy for s, g in self._group.items() if g == group):
+                return []  # its members are mid-chunk: their call comes soon
+            batch = riders[: max(room - sizes[group], 1)]
+            self._group.update((s, group) for s in batch)
+            return batch
+        lead = min(grouped, key=lambda s: self._waiting_since[s])
+        group = self._group[lead]
+        members = [s for s in self._slots if self._group.get(s) == group]
+        late = [s for s in members if s not in waiting]
+        if late:
+            deadline = max(self._model_free_since, self._waiting_since[lead]) + self.schedule.single_call_seconds()
+            sim_s = self.schedule.sim_seconds or 0.0
+            due = max(self._chunk_delivered.get(s, math.inf) + sim_s for s in late)
+            if now < deadline and due <= deadline:
+                self._launch_deadline = deadline  # _collect_replies wakes up by then even if no worker answers
+                return []
+            for slot in late:
+                del self._group[slot]  # missed this call: rides with a later one
+        batch = [s for s in members if s in waiting]
+        for slot in riders[: max(room - len(batch), 0)]:
+            self._group[slot] = group
+            batch.append(slot)
+        return batch
+
+    def _note_arrivals(self, waiting: list[_Slot]) -> None:
+        """When each waiting env started waiting; for an env that just played a chunk, the chunk's play time (S)."""
         now = time.monotonic()
         for slot in waiting:
-            if slot not in self._waiting_since and slot in self._chunk_delivered:
-                played = now - self._chunk_delivered.pop(slot)
-                self._chunk_seconds += 0.2 * (played - self._chunk_seconds)
-            self._waiting_since.setdefault(slot, now)
-        self._launch_deadline = None
-        in_episode = sum(1 for s in self._slots if s.request is not None)
-        if len(waiting) >= in_episode or not any(s.busy for s in self._slots):
-            return True
-        # Model load if every env got its own call: one call per env per chunk cycle (playing the chunk, then the
-        # call). Below ~0.5 the queueing delay of single calls is shorter than waiting for batch-mates.
-        chunk_cycle = self._chunk_seconds + self._last_call_seconds
-        if in_episode * self._last_call_seconds <= 0.5 * chunk_cycle:
-            return True
-        if self._step_seconds >= self._last_call_seconds and 2 * len(waiting) >= in_episode:
-            return True
-        deadline = min(self._waiting_since[s] for s in waiting) + self._last_call_seconds
-        if now >= deadline:
-            return True
-        self._launch_deadline = deadline  # _collect_replies wakes up by then even if no worker answers
-        return False
+            if slot not in self._waiting_since:
+                self._waiting_since[slot] = now
+                if slot in self._chunk_delivered:
+                    self.schedule.observe_chunk(now - self._chunk_delivered.pop(slot))
+
+    def _note_waiting(self, waiting: list[_Slot]) -> None:
+        """Envs left waiting after this iteration: held for batch-mates (model free) or queued behind a call."""
+        if self._inflight is None:
+            self._held, self._queued = len(waiting), 0
+        else:
+            self._held, self._queued = 0, len(waiting)
+
+    def _account_env_time(self) -> None:
+        """Env-seconds spent waiting since the last iteration, split by why: where the time goes (stats.env_seconds)."""
+        now = time.perf_counter()
+        if self._tick is not None:
+            elapsed = now - self._tick
+            self.stats.env_seconds["held_for_batch_mates"] += elapsed * self._held
+            self.stats.env_seconds["queued_behind_a_call"] += elapsed * self._queued
+            if self._held:
+                self.stats.seconds_model_idle_with_waiters += elapsed
+        self._tick = now
+        self._held = self._queued = 0
 
     def _start_inference(self, slots: list[_Slot]) -> None:
         """Run the policy for these envs in the background thread; their slots stay out of `waiting` until done."""
@@ -218,6 +276,7 @@ class PI0LiberoRunner(RunnerBase):
             self._wake_r, self._wake_w = mp.Pipe(duplex=False)
         episodes = [s.episode for s in slots]
         wake_w = self._wake_w
+        self.stats.schedule = self.schedule.as_dict()
         for slot in slots:
             self._waiting_since.pop(slot, None)
         self._launch_deadline = None
@@ -226,8 +285,8 @@ class PI0LiberoRunner(RunnerBase):
             started = time.monotonic()
             try:
                 self._infer(episodes)  # touches only these episodes and the "inference" timer
+                self.schedule.observe_call(len(episodes), time.monotonic() - started)
             finally:
-                self._last_call_seconds = time.monotonic() - started
                 wake_w.send_bytes(b"1")
 
         self._inflight = (self._executor.submit(call), slots)
@@ -241,6 +300,7 @@ class PI0LiberoRunner(RunnerBase):
         # re-raises a policy error in the loop, as the synchronous path would.
         future.result()
         delivered = time.monotonic()
+        self._model_free_since = delivered
         for slot in slots:
             self._chunk_delivered[slot] = delivered
             episode = self._advance(slot, pending, want_frames)
@@ -267,8 +327,6 @@ class PI0LiberoRunner(RunnerBase):
         for slot in busy:
             if slot.worker.conn in ready:
                 command = slot.worker.pending
-                if command == STEP:
-                    self._step_seconds += 0.2 * (slot.worker.seconds_in_flight() - self._step_seconds)
                 try:
                     reply = slot.worker.receive()
                 except WorkerDied as exc:
@@ -323,3 +381,5 @@ class PI0LiberoRunner(RunnerBase):
                 f"{slot.failures} times in a row ({reason}); {hint}"
             )
         slot.episode = None  # the reset is sent again when the new worker reports it has started
+        self._group.pop(slot, None)
+        self._chunk_delivered.pop(slot, None)

@@ -32,6 +32,11 @@ class RunnerStats:
         self.inference_samples = 0
         self.worker_restarts = 0
         self.seconds = {"inference": 0.0, "waiting_on_workers": 0.0}
+        # Env-seconds (summed over envs) an env spent in a policy call, waiting while the model was free (held for
+        # batch-mates), or waiting while it computed for others (queued): where an inference-bound run loses time.
+        self.env_seconds = {"in_call": 0.0, "held_for_batch_mates": 0.0, "queued_behind_a_call": 0.0}
+        self.seconds_model_idle_with_waiters = 0.0  # wall seconds no call ran although some env waited
+        self.schedule: dict[str, Any] = {}  # the parallel runner's group schedule: k, measured S, a, c
         self.started = time.perf_counter()
 
     def as_dict(self) -> dict[str, Any]:
@@ -45,6 +50,9 @@ class RunnerStats:
             "wall_seconds": wall,
             "env_steps_per_second": self.env_steps / wall if wall > 0 else 0.0,
             "seconds": dict(self.seconds),
+            "env_seconds": dict(self.env_seconds),
+            "seconds_model_idle_with_waiters": self.seconds_model_idle_with_waiters,
+            "schedule": dict(self.schedule),
         }
 
 
@@ -158,7 +166,9 @@ class RunnerBase:
         """One batched policy call for every episode whose queue is empty."""
         started = time.perf_counter()
         output = self.policy.predict_chunks([e.observation for e in episodes], [e.instruction for e in episodes])
-        self.stats.seconds["inference"] += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.stats.seconds["inference"] += seconds
+        self.stats.env_seconds["in_call"] += seconds * len(episodes)
         self.stats.inference_calls += 1
         self.stats.inference_samples += len(episodes)
         if len(output.actions) != len(episodes):
