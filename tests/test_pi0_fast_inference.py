@@ -167,3 +167,15 @@ def test_bench_model_reports_per_batch_timings_preprocessing_and_memory(tmp_path
     for r in rows:
         assert r["preprocess_ms"] > 0 and r["ms_per_sample"] == pytest.approx(r["ms_per_call"] / r["batch"])
         assert r["preprocess_share"] == pytest.approx(r["preprocess_ms"] / r["ms_per_call"]) and r["peak_memory_mib"] > 0
+
+
+def test_bench_builds_the_full_model_in_place_on_the_target_device_and_dtype():
+    """`--size full` creates every weight on the target device in the target dtype (here the meta device: no memory),
+    so a 3.3 B-parameter model never exists in fp32 on the CPU first."""
+    from pi0.model.bench import build_model
+
+    model = build_model("full", torch.device("meta"), torch.bfloat16, image_size=224, num_steps=10, vocab=16)
+    params = list(model.parameters())
+    assert {p.device.type for p in params} == {"meta"} and {p.dtype for p in params} == {torch.bfloat16}
+    assert 3.2e9 < sum(p.numel() for p in params) < 3.3e9 and model.config.vocab_size == 257_152
+    assert torch.get_default_dtype() == torch.float32  # restored

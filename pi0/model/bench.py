@@ -87,14 +87,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_ms(fn, repeats: int, device: torch.device) -> float:
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append(time.perf_counter() - start)
-    return 1000 * statistics.median(samples)
+def _time_ms(fn, device: torch.device) -> float:
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return 1000 * (time.perf_counter() - start)
 
 
 def _peak_mib(device: torch.device) -> float:
@@ -103,33 +100,42 @@ def _peak_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def bench_policy(policy: PI0Policy, batch_sizes: Sequence[int], repeats: int, camera_size: int) -> tuple[list[dict], dict]:
-    """-> (one row per batch size, compile seconds per bucket)."""
-    device = policy.device
-    compile_seconds = {b: s for (b, _, _), s in policy.warmup(batch_sizes).items()}
+def bench_policies(policies: Sequence[PI0Policy], batch_sizes: Sequence[int], repeats: int, camera_size: int) -> list[dict]:
+    """One row per (policy, batch size). The policies are timed in turn, call by call (round robin), so a change of
+    machine load hits every configuration alike and their ratios stay meaningful on a shared machine."""
+    device = policies[0].device
     rng = np.random.default_rng(0)
     observations = [_obs(rng, camera_size) for _ in range(max(batch_sizes))]
     rows = []
     for b in batch_sizes:
         obs, prompts = observations[:b], [BENCH_INSTRUCTIONS[i % 2] for i in range(b)]
-        policy.predict_chunks(obs, prompts)  # warm-up: allocator, kernels, token cache
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        call = _median_ms(lambda: policy.predict_chunks(obs, prompts), repeats, device)
-        prep = _median_ms(lambda: policy.prepare_batch(obs, prompts), repeats, device)
-        rows.append(
-            {
-                "compile": policy.compile,
-                "preprocess": policy.preprocess,
-                "batch": b,
-                "ms_per_call": call,
-                "ms_per_sample": call / b,
-                "preprocess_ms": prep,
-                "preprocess_share": prep / call,
-                "peak_memory_mib": _peak_mib(device),
-            }
-        )
-    return rows, compile_seconds
+        calls: list[list[float]] = [[] for _ in policies]
+        preps: list[list[float]] = [[] for _ in policies]
+        peaks = [0.0] * len(policies)
+        for policy in policies:
+            policy.predict_chunks(obs, prompts)  # warm-up: allocator, kernels, token cache
+        for _ in range(repeats):
+            for i, policy in enumerate(policies):
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                calls[i].append(_time_ms(lambda: policy.predict_chunks(obs, prompts), device))
+                peaks[i] = max(peaks[i], _peak_mib(device))
+                preps[i].append(_time_ms(lambda: policy.prepare_batch(obs, prompts), device))
+        for i, policy in enumerate(policies):
+            call, prep = statistics.median(calls[i]), statistics.median(preps[i])
+            rows.append(
+                {
+                    "compile": policy.compile,
+                    "preprocess": policy.preprocess,
+                    "batch": b,
+                    "ms_per_call": call,
+                    "ms_per_sample": call / b,
+                    "preprocess_ms": prep,
+                    "preprocess_share": prep / call,
+                    "peak_memory_mib": peaks[i],
+                }
+            )
+    return rows
 
 
 def print_rows(rows: list[dict], peak_label: str) -> None:
@@ -185,17 +191,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{a.num_steps} Euler steps, median of {a.repeats}"
     )
     peak_label = "peak alloc MiB" if device.type == "cuda" else "peak RSS MiB"
-    results, compile_times = [], {}
+    policies, compile_times = [], {}
     for mode in a.compile:
         for prep in a.preprocess:
             policy = PI0Policy(model, tokenizer, identity_stats(), device=device, dtype=dtype, seed=0, compile=mode, preprocess=prep)
-            rows, compiled = bench_policy(policy, a.batch_sizes, a.repeats, camera)
-            print(f"\ncompile={mode} preprocess={prep}")
-            if compiled and mode != "none":
+            compiled = {b: s for (b, _, _), s in policy.warmup(a.batch_sizes).items()}
+            if compiled:
                 compile_times[f"{mode}/{prep}"] = compiled
-                print("first call per batch bucket (compilation + one run): " + ", ".join(f"{b}: {s:.1f} s" for b, s in compiled.items()))
-            print_rows(rows, peak_label)
-            results.extend(rows)
+                print(f"compile={mode} preprocess={prep}: first call per batch bucket (compilation + one run): "
+                      + ", ".join(f"{b}: {s:.1f} s" for b, s in compiled.items()))
+            policies.append(policy)
+    load_start = os.getloadavg()
+    results = bench_policies(policies, a.batch_sizes, a.repeats, camera)
+    load_end = os.getloadavg()
+    for policy in policies:
+        print(f"\ncompile={policy.compile} preprocess={policy.preprocess}")
+        print_rows([r for r in results if (r["compile"], r["preprocess"]) == (policy.compile, policy.preprocess)], peak_label)
+    if len(policies) > 1:
+        base = policies[0]
+        print(f"\nms/call relative to compile={base.compile} preprocess={base.preprocess} (same run, calls interleaved):")
+        for policy in policies[1:]:
+            ratios = []
+            for b in a.batch_sizes:
+                mine = [r["ms_per_call"] for r in results if (r["compile"], r["preprocess"], r["batch"]) == (policy.compile, policy.preprocess, b)]
+                ref = [r["ms_per_call"] for r in results if (r["compile"], r["preprocess"], r["batch"]) == (base.compile, base.preprocess, b)]
+                ratios.append(f"B={b}: {mine[0] / ref[0]:.2f}")
+            print(f"  compile={policy.compile} preprocess={policy.preprocess}: " + ", ".join(ratios))
+    print(f"\nload average (1 min) at the start / end of the timed calls: {load_start[0]:.2f} / {load_end[0]:.2f}")
     if device.type == "cpu":
         print(f"\n({peak_label}: the process's peak resident memory so far, not per batch size)")
     if a.out:
@@ -205,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": {
                 "size": a.size, "device": str(device), "dtype": a.dtype, "parameters": params, "model_image_size": model.config.image_size,
                 "camera_size": camera, "num_steps": a.num_steps, "repeats": a.repeats, "threads": torch.get_num_threads(),
-                "build_seconds": build_s,
+                "build_seconds": build_s, "load_average_start": load_start, "load_average_end": load_end,
             },
             "results": results,
             "compile_seconds": compile_times,
