@@ -37,7 +37,7 @@ def test_bench_smoke_reports_every_section(tmp_path, no_orphans):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "targets (ratios from this run)" in run.stdout
     results = json.loads(out.read_text())
-    for section in ("sim", "pickle", "inference", "runners", "latency", "features", "memory", "targets"):
+    for section in ("sim", "pickle", "inference", "runners", "latency", "features", "memory", "emulated", "targets"):
         assert results.get(section), f"section {section} missing or empty"
 
     sim = results["sim"]["1"]
@@ -63,6 +63,14 @@ def test_bench_smoke_reports_every_section(tmp_path, no_orphans):
     features = results["features"]["workers_1_replan_5"]
     assert features["on"]["episodes_per_hour"] > 0 and features["off"]["episodes_per_hour"] > 0
     assert features["steps_ratio_on_over_off"] > 0 and features["episodes_ratio_on_over_off"] > 0
+
+    emulated = results["emulated"]["h200_a140_c8"]  # the GPU box emulated: sleeping reach workers, L(b) = a + c*b
+    for mode in ("defaults", "lockstep", "all_off"):
+        assert emulated["runs"][mode]["env_steps_per_second"] > 0 and emulated["runs"][mode]["episodes_per_hour"] > 0
+    assert emulated["best_predicted_steps_per_second"] > 0 and 1 <= emulated["best_k"] <= emulated["config"]["workers"]
+    assert emulated["call_fit"]["per_sample_seconds"] > 0  # the policy's c = 8 ms was seen
+    assert emulated["same_episodes"] is True  # neither the schedule nor render on demand changes an episode
+    assert "Machine:" in run.stdout and results["machine"]["cpus"] >= 1 and results["machine"]["torch"]
 
     memory = results["memory"]
     assert memory["main_rss_bytes"] > 0 and memory["bare_env_rss_bytes"] > 0

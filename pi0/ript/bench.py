@@ -7,8 +7,13 @@ Every number comes from this run, on one suite, one task and one image size, so 
 * pickle     the cost of moving one observation (two cameras) through a pipe, relative to one rendered step;
 * inference  the inference limit: policy chunks/s at the runner's batch sizes, x replan steps = env-steps/s it feeds;
 * runners    the serial runner and the parallel runner (N = 1..cores), small policy;
-* latency    the parallel runner with a policy of artificial latency L (50/200 ms, stand-in for a GPU model),
-             overlapped vs lock-step inference, replan 1 and 5, against min(sim limit, inference limit);
+* latency    the parallel runner with a policy of artificial latency L (50/200 ms, stand-in for a GPU model; "a+c"
+             in --latencies-ms: a ms per call plus c ms per sample), overlapped vs lock-step inference, replan 1
+             and 5, against min(sim limit, inference limit);
+* emulated   the GPU box of issue 17 emulated on any CPU: reach workers whose steps sleep LIBERO's measured physics
+             and render times, a latency policy L(b) = a + c*b; the defaults (render on demand, overlapped calls in
+             the group schedule) against the all-off way (render every step, lock-step) and against the best
+             schedule's predicted throughput (from this run's measured simulation and call times);
 * features   render-on-demand + fast-reset on vs off, replan 1/5/10, 1 and 2 workers, env-steps/s and episodes/hour;
 * memory     main-process RSS, each worker's RSS next to a bare env process (one that only builds the same env).
 
@@ -39,7 +44,18 @@ from typing import Any
 
 import numpy as np
 
-ALL_SECTIONS = ("sim", "pickle", "inference", "runners", "latency", "features", "memory")
+ALL_SECTIONS = ("sim", "pickle", "inference", "runners", "latency", "features", "memory", "emulated")
+
+# The emulated configurations of issue 17: (name, a ms, c ms per sample, physics ms per step, render ms per rendered
+# step, workers). pi0 in bf16 on an H200 fits a = 140, c = 8; compiled inference aims at a = 20, c = 3; LIBERO on that
+# box steps in ~31 ms of physics plus ~14 ms per rendered step. The third runs reach as is (simulation nearly free).
+EMULATED_CONFIGS = (
+    ("h200_a140_c8", 140.0, 8.0, 31.0, 14.0, 14),
+    ("compiled_a20_c3", 20.0, 3.0, 31.0, 14.0, 14),
+    ("reach_a140_c8", 140.0, 8.0, 0.0, 0.0, 8),
+)
+EMULATED_REPLAN = 5
+EMULATED_EPISODE_LENGTH = 220  # libero_spatial's episode length
 
 
 # ------------------------------------------------------------------------------------------------------- settings
@@ -51,10 +67,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fast-render", action="store_true", help="cheap rendering (images differ from training)")
     p.add_argument("--max-workers", type=int, default=os.cpu_count() or 2, help="N = 1..this for sim and runners")
     p.add_argument("--latency-workers", type=int, default=4, help="workers of the latency section (more than cores)")
-    p.add_argument("--latencies-ms", default="50,200")
+    p.add_argument("--latencies-ms", default="50,200", help="comma list; each a (ms per call) or a+c (plus c ms per sample)")
     p.add_argument("--episode-length", type=int, default=40, help="policy steps per measured episode")
     p.add_argument("--episodes-per-worker", type=int, default=2, help="measured episodes per worker (resets included)")
     p.add_argument("--sim-seconds", type=float, default=12.0, help="measuring window of each simulation-limit point")
+    p.add_argument("--emulated-episodes-per-worker", type=int, default=2, help="emulated section: measured episodes per worker")
+    p.add_argument("--emulated-sim-seconds", type=float, default=12.0, help="emulated section: simulation-limit window")
     p.add_argument("--sections", default=",".join(ALL_SECTIONS), help=f"comma list of {', '.join(ALL_SECTIONS)}")
     p.add_argument("--quick", action="store_true", help="shorter runs; fewer points (sim/runner N = 1 and max only)")
     p.add_argument("--smoke", action="store_true", help="tiny run of every section, small images: checks the bench works")
@@ -65,20 +83,39 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.sections) - set(ALL_SECTIONS)
     if unknown:
         p.error(f"unknown sections {sorted(unknown)}: use {', '.join(ALL_SECTIONS)}")
-    args.latencies = [float(x) / 1000 for x in args.latencies_ms.split(",") if x.strip()]
+    try:
+        args.latencies = [_latency_model(x) for x in args.latencies_ms.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--latencies-ms {args.latencies_ms!r}: use a comma list of A or A+C (milliseconds), e.g. 50,200,140+8")
     args.replans = [1, 5, 10]
     args.sim_render_every = [1, 5]
     args.latency_replans = [1, 5]
+    args.emulated_configs, args.emulated_episode_length = EMULATED_CONFIGS, EMULATED_EPISODE_LENGTH
     if args.quick:
-        args.episode_length, args.episodes_per_worker, args.sim_seconds = 20, 1, 6.0
+        # Minutes on a 16-core box: sim windows of 4 s (each N point ~4 windows, plus starting N LIBERO workers).
+        args.episode_length, args.episodes_per_worker, args.sim_seconds = 20, 1, 4.0
+        args.emulated_episodes_per_worker, args.emulated_sim_seconds = 1, 6.0
     if args.smoke:
         # Small enough for CI on 2 cores in a couple of minutes: every section runs, numbers are only sanity checks.
         args.image_size, args.fast_render = 64, True
         args.max_workers, args.latency_workers = 1, 1  # one worker: every runner below reuses the same env
-        args.latencies = [0.05]
+        args.latencies = [(0.05, 0.0)]
         args.episode_length, args.episodes_per_worker, args.sim_seconds = 6, 1, 2.0
         args.replans, args.sim_render_every, args.latency_replans = [5], [1, 5], [1]
+        args.emulated_configs = [("h200_a140_c8", 140.0, 8.0, 31.0, 14.0, 2)]
+        args.emulated_episode_length, args.emulated_episodes_per_worker, args.emulated_sim_seconds = 10, 1, 1.0
     return args
+
+
+def _latency_model(text: str) -> tuple[float, float]:
+    """'200' -> (0.2, 0.0); '140+8' -> (0.14, 0.008): seconds per call and per sample."""
+    fixed, _, per_sample = text.strip().partition("+")
+    return float(fixed) / 1000, float(per_sample or 0) / 1000
+
+
+def _latency_name(model: tuple[float, float]) -> str:
+    fixed, per_sample = model
+    return f"latency_{fixed * 1000:g}ms" + (f"+{per_sample * 1000:g}ms_per_sample" if per_sample else "")
 
 
 def _spec(args, on: bool = True):
@@ -147,6 +184,7 @@ def _sim_point(workers, seconds: float, render_every: int, episode_length: int |
     point = {"env_steps_per_second": done / seconds, "steps": done}
     if episode_length is not None:
         point["resets"] = sum(episodes.values())
+        point["episodes_per_hour"] = done / seconds / episode_length * 3600
     return point
 
 
@@ -169,10 +207,11 @@ def bench_sim(args, results) -> list[Any]:
             point = {}
             for every in args.sim_render_every:
                 point[f"render_every_{every}"] = _sim_point(workers, args.sim_seconds, every)
-            # The runner's exact work without a policy: episodes of episode_length steps, resets included.
+            # The runner's exact work without a policy: episodes of episode_length steps, resets included (a longer
+            # window, so that it holds resets, except in --quick).
             for every in args.sim_render_every:
                 point[f"episodes_render_every_{every}"] = _sim_point(
-                    workers, args.sim_seconds * 2, every, args.episode_length, args.task)
+                    workers, args.sim_seconds * (1 if args.quick else 2), every, args.episode_length, args.task)
             out[str(n)] = point
             _print_row(f"sim N={n}", {k: v["env_steps_per_second"] for k, v in point.items()}, "env-steps/s")
         finally:
@@ -260,8 +299,8 @@ def bench_inference(args, results) -> None:
     max_batch = max(args.max_workers, args.latency_workers)
     obs = [_fake_obs(args, rng) for _ in range(max_batch)]
     policies = {"small": _policy()}
-    for latency in args.latencies:
-        policies[f"latency_{int(latency * 1000)}ms"] = LatencyPolicy(policies["small"], latency)
+    for model in args.latencies:
+        policies[_latency_name(model)] = LatencyPolicy(policies["small"], *model)
     out = {}
     for name, policy in policies.items():
         out[name] = {}
@@ -319,18 +358,23 @@ def _requests(args, runner, count: int):
 
 
 def _measure_runner(args, runner, policy, replan: int, overlap: bool = True, warm: bool = True,
-                    episodes_per_worker: int | None = None) -> dict[str, Any]:
+                    episodes_per_worker: int | None = None, groups: int = 0, episode_length: int | None = None) -> dict[str, Any]:
     """A measured run of episodes_per_worker x N episodes of episode_length steps, after a warm-up episode per
-    worker (env build and first hard reset left out). Returns throughput, phases and per-episode outcomes."""
+    worker (env build and first hard reset left out). Returns throughput, phases and per-episode outcomes.
+    `groups`: the parallel runner's inference groups (0: its own choice), learnt afresh for each measurement."""
+    from pi0.ript.env.schedule import GroupSchedule
+
     runner.policy = policy
     runner.replan_steps = replan
     runner.overlap_inference = overlap
+    if hasattr(runner, "schedule"):
+        runner.schedule = GroupSchedule(groups)
     n = getattr(runner, "num_parallel_envs", 1) if hasattr(runner, "start_workers") else 1
     if warm:
         runner.max_steps = 1
         for _ in runner.run_episodes(_requests(args, runner, n)):
             pass
-    runner.max_steps = args.episode_length
+    runner.max_steps = episode_length or args.episode_length
     runner.stats.reset()
     per_worker = episodes_per_worker or args.episodes_per_worker
     episodes = sorted(runner.run_episodes(_requests(args, runner, n * per_worker)), key=lambda e: e.request_id)
@@ -347,6 +391,9 @@ def _measure_runner(args, runner, policy, replan: int, overlap: bool = True, war
         "mean_batch_size": stats["mean_batch_size"],
         "inference_calls": stats["inference_calls"],
         "phase_seconds": seconds,
+        "env_seconds": stats["env_seconds"],  # summed over envs: in a call, held for batch-mates, queued behind a call
+        "model_idle_with_waiters_seconds": stats["seconds_model_idle_with_waiters"],
+        "schedule": stats["schedule"],
         "outcomes": [(e.success, e.steps) for e in episodes],
     }
 
@@ -387,10 +434,10 @@ def bench_latency(args, results, pool) -> None:
     runner = pool.get(n)
     base = _policy()
     out = {}
-    for latency in args.latencies:
-        name = f"latency_{int(latency * 1000)}ms"
+    for model in args.latencies:
+        name = _latency_name(model)
         for replan in args.latency_replans:
-            policy = LatencyPolicy(base, latency)
+            policy = LatencyPolicy(base, *model)
             point = {}
             for overlap in (False, True):
                 # Half the episodes per worker of the other sections: 8 runs at N workers would dominate the bench.
@@ -406,7 +453,7 @@ def bench_latency(args, results, pool) -> None:
             # Scheduling must never change an episode: same success and steps, episode by episode.
             point["same_episodes"] = on["outcomes"] == off["outcomes"]
             out[f"{name}_replan_{replan}"] = point
-            _print_row(f"L={int(latency * 1000)}ms N={n} replan {replan}", {
+            _print_row(f"{name} N={n} replan {replan}", {
                 "lockstep": off["env_steps_per_second"], "overlapped": on["env_steps_per_second"],
                 "over/lock": point["overlapped_over_lockstep"], "over/min(limits)": point.get("overlapped_over_min_limit", float("nan")),
                 "batch(over)": on["mean_batch_size"]}, f"same_episodes={point['same_episodes']}")
@@ -436,6 +483,119 @@ def bench_features(args, results, pool) -> None:
             limit = sim_limit(results, n, replan)
             if limit:
                 point["on_over_sim_limit_same_render"] = point["on"]["env_steps_per_second"] / limit
+
+
+# ------------------------------------------------------------------------------------------------------- emulated
+def _emulated_runner(args, workers: int, step_ms: float, render_ms: float, on: bool):
+    """A parallel runner on reach with the step-time model, built from config keys like any run."""
+    from pi0.ript.config.schema import load_config
+    from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner
+
+    cfg = load_config(None, [
+        "task.benchmark_name=reach", f"task.num_parallel_envs={workers}", f"task.image_size={min(args.image_size, 64)}",
+        # LIBERO's 10 settle steps after a reset, each a physics step
+        "task.num_wait_steps=10", f"task.emulated_step_ms={step_ms}", f"task.emulated_render_ms={render_ms}",
+        f"task.render_on_demand={str(on).lower()}", f"task.fast_reset={str(on).lower()}"])
+    return PI0LiberoRunner(_policy(), config=cfg)
+
+
+def _emulated_sim_limit(runner, seconds: float, render_every: int, episode_length: int) -> dict[str, float]:
+    """The runner's own workers stepping with no policy (episodes with resets): the simulation limit."""
+    from pi0.ript.env.worker import RESET
+
+    workers = runner.start_workers()
+    for w in workers:
+        w.wait_started(300)
+    for w in workers:
+        w.send(RESET, {"task_id": 0, "init_state": w.index})
+    for w in workers:
+        w.receive()
+    return _sim_point(workers, seconds, render_every, episode_length, 0)
+
+
+def _call_seconds(policy, observation, batches: list[int], repeats: int) -> dict[int, float]:
+    out = {}
+    for batch in batches:
+        started = time.perf_counter()
+        for _ in range(repeats):
+            policy.predict_chunks([observation] * batch, ["x"] * batch)
+        out[batch] = (time.perf_counter() - started) / repeats
+    return out
+
+
+def bench_emulated(args, results) -> None:
+    """Issue 17's GPU box on this machine: per configuration, the simulation limit and the call times measured
+    here, the throughput the group-schedule model predicts for every k, and three runs of 220-step episodes,
+    replan 5: the defaults, lock-step with the defaults' rendering, and the all-off way."""
+    from pi0.ript.bench_policies import LatencyPolicy
+    from pi0.ript.env.schedule import CallTimeFit, model_load, predicted_cycle_seconds
+
+    replan, length = EMULATED_REPLAN, args.emulated_episode_length
+    out = {}
+    for name, a_ms, c_ms, step_ms, render_ms, workers in args.emulated_configs:
+        policy = LatencyPolicy(_policy(), a_ms / 1000, c_ms / 1000)
+        point: dict[str, Any] = {"config": {"call_fixed_ms": a_ms, "call_per_sample_ms": c_ms, "physics_ms": step_ms,
+                                            "render_ms": render_ms, "workers": workers, "replan": replan, "episode_length": length}}
+        runs = {}
+        for on in (True, False):
+            runner = _emulated_runner(args, workers, step_ms, render_ms, on)
+            try:
+                if on:
+                    sim = _emulated_sim_limit(runner, args.emulated_sim_seconds, replan, length)
+                    point["sim_limit"] = sim
+                    # S: what one env takes to play one chunk, resets included, with every worker busy
+                    point["sim_seconds_per_chunk"] = workers * replan / sim["env_steps_per_second"]
+                    obs = runner.env_spec.make().reset(0, 0).observation
+                    batches = sorted({1, 2, max(1, workers // 2), workers} if args.smoke else range(1, workers + 1))
+                    calls = _call_seconds(policy, obs, batches, 1 if args.smoke else 2)
+                    point["call_seconds"] = {str(b): t for b, t in calls.items()}
+                    fit = CallTimeFit()
+                    for b, t in calls.items():
+                        fit.observe(b, t)
+                    fixed, per_sample = fit.fit()
+                    point["call_fit"] = {"fixed_seconds": fixed, "per_sample_seconds": per_sample}
+                    sim_s = point["sim_seconds_per_chunk"]
+                    predicted = {str(k): workers * replan / predicted_cycle_seconds(k, workers, sim_s, fixed, per_sample)
+                                 for k in range(1, workers + 1)}
+                    best = max(predicted, key=lambda k: predicted[k])
+                    point["predicted_steps_per_second"] = predicted
+                    point["best_k"] = int(best)
+                    point["best_predicted_steps_per_second"] = predicted[best]
+                    point["best_predicted_episodes_per_hour"] = predicted[best] / length * 3600
+                    point["best_k_model_load"] = model_load(int(best), workers, sim_s, fixed, per_sample)
+                    runs["defaults"] = _measure_runner(args, runner, policy, replan, overlap=True,
+                                                       episodes_per_worker=args.emulated_episodes_per_worker, episode_length=length)
+                    runs["lockstep"] = _measure_runner(args, runner, policy, replan, overlap=False,
+                                                       episodes_per_worker=args.emulated_episodes_per_worker, episode_length=length)
+                else:
+                    runs["all_off"] = _measure_runner(args, runner, policy, replan, overlap=False,
+                                                      episodes_per_worker=args.emulated_episodes_per_worker, episode_length=length)
+            finally:
+                runner.close()
+        point["runs"] = runs
+        steps = {k: r["env_steps_per_second"] for k, r in runs.items()}
+        point["defaults_over_best_predicted"] = steps["defaults"] / point["best_predicted_steps_per_second"]
+        # The same prediction with S as the runner measured it (its own per-step overhead included): how much of the
+        # gap is the schedule, and how much the loop's round trips.
+        runner_s = runs["defaults"]["schedule"].get("sim_seconds_per_chunk")
+        if runner_s:
+            fixed, per_sample = point["call_fit"]["fixed_seconds"], point["call_fit"]["per_sample_seconds"]
+            point["runner_sim_seconds_per_chunk"] = runner_s
+            point["best_predicted_with_runner_s"] = max(
+                workers * replan / predicted_cycle_seconds(k, workers, runner_s, fixed, per_sample) for k in range(1, workers + 1))
+            point["defaults_over_best_predicted_with_runner_s"] = steps["defaults"] / point["best_predicted_with_runner_s"]
+        point["defaults_over_all_off"] = steps["defaults"] / steps["all_off"]
+        point["defaults_over_lockstep"] = steps["defaults"] / steps["lockstep"]
+        # Scheduling and render on demand must never change an episode: same success and steps, episode by episode.
+        point["same_episodes"] = runs["defaults"]["outcomes"] == runs["lockstep"]["outcomes"] == runs["all_off"]["outcomes"]
+        out[name] = point
+        _print_row(f"emulated {name}", {
+            "defaults": steps["defaults"], "lockstep": steps["lockstep"], "all_off": steps["all_off"],
+            f"best_pred(k={best})": point["best_predicted_steps_per_second"],
+            "def/pred": point["defaults_over_best_predicted"], "def/off": point["defaults_over_all_off"],
+            "def/lock": point["defaults_over_lockstep"], "k(def)": runs["defaults"]["schedule"].get("groups", 1)},
+            f"env-steps/s, same_episodes={point['same_episodes']}")
+    results["emulated"] = out
 
 
 # ------------------------------------------------------------------------------------------------------- memory
@@ -508,6 +668,13 @@ def targets(results) -> list[dict[str, Any]]:
     for key, v in feats.items():
         if key.endswith("_replan_1"):
             add(f"{key}: features on / off >= ~1 (#8, within noise)", v.get("steps_ratio_on_over_off"), 0.95)
+    for name, point in results.get("emulated", {}).items():
+        goals = {"h200_a140_c8": (0.9, 1.15), "compiled_a20_c3": (0.9, 1.3)}.get(name)
+        if goals:
+            add(f"emulated {name}: defaults / best predicted schedule (#17)", point["defaults_over_best_predicted"], goals[0])
+            add(f"emulated {name}: defaults / all-off (#17)", point["defaults_over_all_off"], goals[1])
+        elif name == "reach_a140_c8":
+            add(f"emulated {name}: defaults / lock-step (#17)", point["defaults_over_lockstep"], 0.95)
     mem = results.get("memory", {})
     if mem.get("worker_over_bare"):
         add("worker RSS / bare env RSS (#5)", max(mem["worker_over_bare"]), 1.05, "<=")
@@ -520,21 +687,65 @@ def _f(x, digits=3):
     return "n/a" if x is None else (f"{x:.{digits}g}" if isinstance(x, float) else str(x))
 
 
+def _emulated_markdown(emulated: dict[str, Any]) -> str:
+    lines = ["Emulated GPU box (reach workers sleeping a step-time model, a latency policy L(b) = a + c*b; replan 5; "
+             "all-off = render every step + lock-step, hard reset not emulated):\n",
+             "| configuration | workers | physics + render ms | a + c ms | S per chunk: sim limit / runner | best k: predicted | defaults | lock-step | all-off | "
+             "defaults / best predicted | same, with the runner's S | defaults / all-off | defaults / lock-step | defaults: k, mean batch | same episodes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, p in emulated.items():
+        c, runs = p["config"], p["runs"]
+
+        def cell(run):
+            return f"{_f(run['env_steps_per_second'])} ({_f(run['episodes_per_hour'])} ep/h)"
+
+        lines.append(
+            f"| {name} | {c['workers']} | {c['physics_ms']:g} + {c['render_ms']:g} | {c['call_fixed_ms']:g} + {c['call_per_sample_ms']:g} | "
+            f"{p['sim_seconds_per_chunk'] * 1000:.0f} / {_f(p['runner_sim_seconds_per_chunk'] * 1000) if p.get('runner_sim_seconds_per_chunk') else 'n/a'} ms | "
+            f"k={p['best_k']}: {_f(p['best_predicted_steps_per_second'])} ({_f(p['best_predicted_episodes_per_hour'])} ep/h) | "
+            f"{cell(runs['defaults'])} | {cell(runs['lockstep'])} | {cell(runs['all_off'])} | {_f(p['defaults_over_best_predicted'])} | "
+            f"{_f(p.get('defaults_over_best_predicted_with_runner_s'))} | "
+            f"{_f(p['defaults_over_all_off'])} | {_f(p['defaults_over_lockstep'])} | {runs['defaults']['schedule'].get('groups', 1)}, "
+            f"{_f(runs['defaults']['mean_batch_size'])} | {p['same_episodes']} |")
+    lines.append("\n(env-steps/s (episodes/hour). Predicted: N x replan / max(S + L(N/k), k L(N/k)), S from the simulation "
+                 "limit, a and c fitted to this run's measured calls.)\n")
+    for name, p in emulated.items():
+        fit = p["call_fit"]
+        lines.append(f"- {name}: fitted a = {fit['fixed_seconds'] * 1000:.1f} ms, c = {fit['per_sample_seconds'] * 1000:.2f} ms; predicted env-steps/s by k: "
+                     + ", ".join(f"{k}: {_f(v)}" for k, v in list(p["predicted_steps_per_second"].items())[:8]))
+    lines.append("\nWhere each run's env time went (env-seconds summed over envs, as a share of workers x wall):\n")
+    lines.append("| configuration, run | in a call | held for batch-mates (model idle) | queued behind a call | simulating and the rest | model idle while envs waited (s of wall) |")
+    lines.append("|---|---|---|---|---|---|")
+    for name, p in emulated.items():
+        for run_name, run in p["runs"].items():
+            total = p["config"]["workers"] * run["wall_seconds"]
+            env = run["env_seconds"]
+            rest = total - sum(env.values())
+            lines.append(f"| {name}, {run_name} | {env['in_call'] / total:.1%} | {env['held_for_batch_mates'] / total:.1%} | "
+                         f"{env['queued_behind_a_call'] / total:.1%} | {rest / total:.1%} | {run['model_idle_with_waiters_seconds']:.1f} of {run['wall_seconds']:.1f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def markdown(results) -> str:
     """The tables of docs/PERFORMANCE.md, from a saved run (so the doc shows exactly what the bench measured)."""
     lines = []
     add = lines.append
     st, m = results["settings"], results["machine"]
+    add(_machine_line(m) + ".\n")
     add(f"Settings: {st['suite']} task {st['task']}, {st['image_size']}x{st['image_size']} px, two cameras, fast_render={st['fast_render']}, "
         f"episodes of {st['episode_length']} steps; load average at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}, "
         f"at end {', '.join(f'{x:.2f}' for x in m['load_average_at_end'])}; 1-min load after each section "
-        f"{', '.join(f'{k} {v:.1f}' for k, v in m.get('load_after_section', {}).items())}; bench wall time {results['wall_seconds']:.0f} s.\n")
+        f"{', '.join(f'{k} {v:.1f}' for k, v in m.get('load_after_section', {}).items())}; bench wall time {results['wall_seconds']:.0f} s"
+        + (" (" + ", ".join(f"{k} {v:.0f} s" for k, v in results["section_seconds"].items()) + ")" if results.get("section_seconds") else "")
+        + ".\n")
     if "sim" in results:
         add("| simulation limit (no policy) | " + " | ".join(results["sim"]["1"].keys()) + " |")
         add("|---" * (1 + len(results["sim"]["1"])) + "|")
         for n, point in results["sim"].items():
-            add(f"| N={n} workers | " + " | ".join(_f(v["env_steps_per_second"]) for v in point.values()) + " |")
-        add("\n(env-steps/s; `render_every_k`: observation rendered every k-th step; `episodes_...`: episodes of the bench's length with resets between them, the runner's exact env work)\n")
+            add(f"| N={n} workers | " + " | ".join(_f(v["env_steps_per_second"]) + (f" ({_f(v['episodes_per_hour'])} ep/h)" if "episodes_per_hour" in v else "")
+                                                  for v in point.values()) + " |")
+        add("\n(env-steps/s (episodes/hour); `render_every_k`: observation rendered every k-th step; `episodes_...`: episodes of the bench's length with resets between them, the runner's exact env work)\n")
     if "pickle" in results:
         pk = results["pickle"]
         add(f"Observation transport: {pk['bytes'] / 1e3:.0f} kB pickled, {pk['pipe_seconds'] * 1e3:.2f} ms through a pipe "
@@ -582,6 +793,8 @@ def markdown(results) -> str:
             add(f"| {name} | {_f(on.get('env_steps_per_second'))} | {_f(off.get('env_steps_per_second'))} | {_f(p.get('steps_ratio_on_over_off'))} | "
                 f"{_f(on.get('episodes_per_hour'))} | {_f(off.get('episodes_per_hour'))} | {_f(p.get('episodes_ratio_on_over_off'))} | {_f(p.get('on_over_sim_limit_same_render'))} |")
         add("")
+    if "emulated" in results:
+        add(_emulated_markdown(results["emulated"]))
     if "main_rss_bytes" in results.get("memory", {}):  # the runners section records worker RSS alone
         mem = results["memory"]
         add(f"Memory: main process {mem['main_rss_bytes'] / 2**20:.0f} MiB; workers "
@@ -594,6 +807,24 @@ def markdown(results) -> str:
     return "\n".join(lines)
 
 
+def _machine(torch) -> dict[str, Any]:
+    """What the numbers were measured on (torch is imported by the caller, in the main process only)."""
+    try:
+        import mujoco
+
+        mujoco_version = mujoco.__version__
+    except ImportError:
+        mujoco_version = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpus": os.cpu_count(), "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__,
+            "mujoco": mujoco_version, "platform": platform.platform()}
+
+
+def _machine_line(m: dict[str, Any]) -> str:
+    return (f"Machine: {m.get('cpus')} CPU cores, GPU {m.get('gpu') or 'none'}, python {m.get('python')}, "
+            f"torch {m.get('torch')}, MuJoCo {m.get('mujoco') or 'n/a'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.markdown:
@@ -604,43 +835,40 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
     import torch
 
-    # The policy shares 2 cores with the env workers; one intra-op thread keeps it from fighting them.
+    # The policy shares the cores with the env workers; one intra-op thread keeps it from fighting them.
     torch.set_num_threads(1)
     results: dict[str, Any] = {
         "settings": {"suite": args.suite, "task": args.task, "image_size": args.image_size, "fast_render": args.fast_render,
                      "episode_length": args.episode_length, "episodes_per_worker": args.episodes_per_worker,
                      "sim_seconds": args.sim_seconds, "sections": args.sections, "smoke": args.smoke, "quick": args.quick,
                      "latency_workers": args.latency_workers, "argv": sys.argv[1:] if argv is None else list(argv)},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                    "load_average_at_start": os.getloadavg()},
+        "machine": {**_machine(torch), "load_average_at_start": os.getloadavg()},
     }
+    print(_machine_line(results["machine"]), flush=True)
     started = time.perf_counter()
     # Other jobs on a shared machine skew every number: the 1-minute load after each section goes in the JSON.
     results["machine"]["load_after_section"] = {}
+    results["section_seconds"] = {}
     pool = _RunnerPool(args)
-    observation = None
+    state = {"observation": None}
+    sections = {
+        "sim": lambda: state.update(observation=bench_sim(args, results)),
+        "pickle": lambda: bench_pickle(args, results, state["observation"]),
+        "inference": lambda: bench_inference(args, results),
+        "runners": lambda: bench_runners(args, results, pool),
+        "latency": lambda: bench_latency(args, results, pool),
+        "features": lambda: bench_features(args, results, pool),
+        "memory": lambda: bench_memory(args, results, pool),
+        "emulated": lambda: (pool.close(), bench_emulated(args, results)),  # its own workers: free the LIBERO ones
+    }
     try:
-        if "sim" in args.sections:
-            observation = bench_sim(args, results)
-            results["machine"]["load_after_section"]["sim"] = os.getloadavg()[0]
-        if "pickle" in args.sections:
-            bench_pickle(args, results, observation)
-            results["machine"]["load_after_section"]["pickle"] = os.getloadavg()[0]
-        if "inference" in args.sections:
-            bench_inference(args, results)
-            results["machine"]["load_after_section"]["inference"] = os.getloadavg()[0]
-        if "runners" in args.sections:
-            bench_runners(args, results, pool)
-            results["machine"]["load_after_section"]["runners"] = os.getloadavg()[0]
-        if "latency" in args.sections:
-            bench_latency(args, results, pool)
-            results["machine"]["load_after_section"]["latency"] = os.getloadavg()[0]
-        if "features" in args.sections:
-            bench_features(args, results, pool)
-            results["machine"]["load_after_section"]["features"] = os.getloadavg()[0]
-        if "memory" in args.sections:
-            bench_memory(args, results, pool)
-            results["machine"]["load_after_section"]["memory"] = os.getloadavg()[0]
+        for name in ALL_SECTIONS:
+            if name in args.sections:
+                section_started = time.perf_counter()
+                sections[name]()
+                results["section_seconds"][name] = time.perf_counter() - section_started
+                results["machine"]["load_after_section"][name] = os.getloadavg()[0]
+                print(f"[{name}: {results['section_seconds'][name]:.0f} s]", flush=True)
     finally:
         pool.close()
     results["machine"]["load_average_at_end"] = os.getloadavg()

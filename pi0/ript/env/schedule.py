@@ -31,7 +31,7 @@ def model_load(groups: int, envs: int, sim_s: float, call_fixed_s: float, call_p
 
 
 def choose_groups(envs: int, sim_s: float, call_fixed_s: float, call_per_sample_s: float,
-                  tolerance: float = 0.03, max_model_load: float = 0.9) -> int:
+                  tolerance: float = 0.03, max_model_load: float = 0.8) -> int:
     """The k in 1..envs with the shortest predicted cycle.
 
     Among the ks predicted within `tolerance` of the best, the largest one whose model load stays at most
