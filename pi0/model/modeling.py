@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from transformers import GemmaConfig, SiglipVisionConfig, SiglipVisionModel
 from transformers.models.gemma.modeling_gemma import GemmaDecoderLayer, GemmaRMSNorm, GemmaRotaryEmbedding
@@ -163,10 +164,15 @@ def sinusoidal_time_embedding(t: torch.Tensor, dim: int, min_period: float, max_
     return torch.cat([torch.sin(x), torch.cos(x)], dim=1).to(t.dtype)
 
 
+CHECKPOINTABLE_PARTS = ("vision", "language", "expert")
+
+
 class PI0Model(nn.Module):
     def __init__(self, config: PI0Config):
         super().__init__()
         self.config = config
+        # Parts whose activations are recomputed in backward instead of kept (set_activation_checkpointing).
+        self.checkpointed_parts: frozenset[str] = frozenset()
         self.paligemma_with_expert = PaliGemmaWithExpert(config)
         w = config.expert.width
         self.action_in_proj = nn.Linear(config.max_action_dim, w)
@@ -183,6 +189,33 @@ class PI0Model(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.action_in_proj.weight.device
+
+    def set_activation_checkpointing(self, parts: "set[str] | frozenset[str] | tuple[str, ...]") -> None:
+        """Recompute the activations of these parts in the backward pass instead of storing them: `vision` (SigLIP,
+        transformers' own gradient checkpointing, per encoder layer), `language` (each PaliGemma layer of the prefix
+        pass), `expert` (each expert layer of every denoising-step pass). Costs one more forward of those parts per
+        backward; only applies where gradients are recorded (training), so inference is unchanged."""
+        unknown = set(parts) - set(CHECKPOINTABLE_PARTS)
+        if unknown:
+            raise ValueError(f"activation checkpointing: unknown parts {sorted(unknown)}; use {', '.join(CHECKPOINTABLE_PARTS)}")
+        self.checkpointed_parts = frozenset(parts)
+        vision = self.paligemma_with_expert.paligemma.model.vision_tower.vision_model
+        # transformers >= 5.2x calls it activation checkpointing; earlier 5.x releases gradient checkpointing.
+        renamed = hasattr(vision, "activation_checkpointing_enable")
+        enabled = vision.is_activation_checkpointing if renamed else vision.is_gradient_checkpointing
+        if "vision" in parts and not enabled:
+            if renamed:
+                vision.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                vision.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif "vision" not in parts and enabled:
+            vision.activation_checkpointing_disable() if renamed else vision.gradient_checkpointing_disable()
+
+    def _joint_layer(self, part: str, *args, **kwargs):
+        """`joint_layer`, recomputed in backward when `part` is checkpointed and gradients are being recorded."""
+        if part in self.checkpointed_parts and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(joint_layer, *args, use_reentrant=False, **kwargs)
+        return joint_layer(*args, **kwargs)
 
     def _rope(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.paligemma_with_expert.rotary_emb(like, positions)
@@ -239,7 +272,7 @@ class PI0Model(nn.Module):
         layers = self.paligemma_with_expert.vlm_layers
         for i, layer in enumerate(layers):
             # The last layer's MLP output feeds nothing the suffix reads (only keys/values are cached): skip it.
-            (h,), (k, v) = joint_layer([layer], [h], mask, cos, sin, run_mlp=i < len(layers) - 1)
+            (h,), (k, v) = self._joint_layer("language", [layer], [h], mask, cos, sin, run_mlp=i < len(layers) - 1)
             keys.append(k)
             values.append(v)
         return PrefixCache(keys, values, pad)
@@ -302,7 +335,7 @@ class PI0Model(nn.Module):
         h = suffix
         for i, layer in enumerate(self.paligemma_with_expert.expert_layers):
             past = (prefix_cache.keys[i], prefix_cache.values[i])
-            (h,), _ = joint_layer([layer], [h], mask, cos, sin, past_kv=past)
+            (h,), _ = self._joint_layer("expert", [layer], [h], mask, cos, sin, past_kv=past)
         h = self.paligemma_with_expert.gemma_expert.model.norm(h)
         return self.action_out_proj(h[:, -self.config.chunk_size :]).to(torch.float32)
 
@@ -333,7 +366,7 @@ class PI0Model(nn.Module):
         hs = [prefix, suffix]
         pwe = self.paligemma_with_expert
         for vlm_layer, exp_layer in zip(pwe.vlm_layers, pwe.expert_layers):
-            hs, _ = joint_layer([vlm_layer, exp_layer], hs, mask, cos, sin)
+            hs, _ = self._joint_layer("language", [vlm_layer, exp_layer], hs, mask, cos, sin)
         h = pwe.gemma_expert.model.norm(hs[1])
         return self.action_out_proj(h[:, -self.config.chunk_size :]).to(torch.float32)
 

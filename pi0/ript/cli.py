@@ -2,7 +2,7 @@
 
     pi0-ript eval  --config pi0/ript/config/ript_vla_test.yaml [key=value ...]
     pi0-ript train --config pi0/ript/config/learning_demo.yaml [--resume] [key=value ...]
-    pi0-ript bench [runner|model] [options]
+    pi0-ript bench [runner|model|train] [options]
 
 Errors the user can fix (a bad config value, a missing file or package) print one line and exit with code 2.
 """
@@ -18,6 +18,7 @@ from pi0.ript.config.schema import ConfigError, load_config
 
 DEFAULT_CONFIG = "pi0/ript/config/ript_vla_test.yaml"
 
+BENCH_TARGETS = ("runner", "model", "train")
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -40,7 +41,7 @@ def _config_path(path: str | None) -> str:
     return str(CONFIG_DIR / "ript_vla_test.yaml")
 
 
-def _user_error_hint(exc: BaseException) -> str | None:
+def _user_error_hint(exc: BaseException, command: str = "eval") -> str | None:
     """One line for errors a user can fix; None for bugs, which keep their traceback."""
     if isinstance(exc, ConfigError):
         return str(exc)
@@ -50,7 +51,11 @@ def _user_error_hint(exc: BaseException) -> str | None:
         import torch
 
         if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return "CUDA out of memory: lower task.num_parallel_envs (e.g. task.num_parallel_envs=1); for eval also policy.dtype=bfloat16, for training train.expert_only=true"
+            if command == "train":
+                from pi0.ript.algo.trainer import OUT_OF_MEMORY_HINT
+
+                return OUT_OF_MEMORY_HINT
+            return "CUDA out of memory: lower task.num_parallel_envs (e.g. task.num_parallel_envs=1) or use policy.dtype=bfloat16"
     except ImportError:
         pass
     return None
@@ -65,14 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. task.num_parallel_envs=4")
         if name == "train":
             p.add_argument("--resume", action="store_true", help="continue from the checkpoint in train.output_dir")
-    bench = sub.add_parser("bench", help="throughput and memory benchmarks: `bench [runner|model] [options]`")
-    bench.add_argument("target", nargs="?", default="runner", choices=("runner", "model"))
+    bench = sub.add_parser("bench", help="throughput and memory benchmarks: `bench [runner|model|train] [options]`")
+    bench.add_argument("target", nargs="?", default="runner", choices=BENCH_TARGETS)
     argv = sys.argv[1:] if argv is None else list(argv)
     # The benchmarks parse their own options; only the optional target name is ours, so `pi0-ript bench --out x`
     # means the runner bench rather than an unknown target.
     bench_args: list[str] = []
     if argv[:1] == ["bench"]:
-        has_target = len(argv) > 1 and argv[1] in ("runner", "model")
+        has_target = len(argv) > 1 and argv[1] in BENCH_TARGETS
         argv, bench_args = argv[: 1 + has_target], argv[1 + has_target :]
     args = parser.parse_args(argv)
 
@@ -82,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             if args.target == "model":
                 from pi0.model.bench import main as bench_main
+            elif args.target == "train":
+                from pi0.ript.bench_train import main as bench_main
             else:
                 from pi0.ript.bench import main as bench_main
             return bench_main(bench_args) or 0
@@ -99,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: workers stopped; finished results are on disk, re-run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        hint = _user_error_hint(exc)
+        hint = _user_error_hint(exc, args.command)
         if hint is None:
             raise
         print(f"error: {hint}", file=sys.stderr)

@@ -65,11 +65,19 @@ class RLPolicy(nn.Module):
             "mask", logprob_mask(self.chunk_size, config.max_action_dim, min(replan_steps, self.chunk_size), logprob_action_dims)
         )
         self.deterministic = False  # True: plain ODE sampling (no injected noise), e.g. for evaluation
+        self.autocast_dtype: torch.dtype | None = None  # mixed precision (train.precision): bf16 autocast, fp32 weights
         # Rollout noise: a CPU generator (draws move to the model's device), so a seed samples the same on any device;
         # its state is checkpointed.
         self.generator = torch.Generator().manual_seed(seed)
         # The RL heads and the mask were built on the CPU: they live where the pi0 weights live (and move with them).
         self.to(self.model.device)
+
+    def autocast(self) -> torch.autocast:
+        """Mixed precision for a forward pass: matmuls and attention in `autocast_dtype` while weights, optimizer state
+        and the sampler's arithmetic stay fp32; a no-op without it. Entered per call, since autocast is per thread
+        and the runner may call the policy from its inference thread."""
+        dtype = self.autocast_dtype or torch.bfloat16
+        return torch.autocast(self.model.device.type, dtype=dtype, enabled=self.autocast_dtype is not None)
 
     # --- rollout (RolloutPolicy) -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -78,14 +86,16 @@ class RLPolicy(nn.Module):
         self.model.eval()
         try:
             inputs = self.policy.prepare_batch(list(observations), list(instructions))
-            cache = self.prefix_cache(inputs, with_grad=False)
+            with self.autocast():
+                cache = self.prefix_cache(inputs, with_grad=False)
             batch = len(observations)
             noise = standard_normal((batch, self.chunk_size, self.model.config.max_action_dim), self.generator, self.model.device)
             velocity = self._rollout_velocity(cache, inputs.state, batch)
             stochastic = not self.deterministic and (self.optimizer_kind == "ppo" or self.cfg_rollout_noise)
             # Without injected noise the chain is the plain Euler ODE (zero-width mask: nothing is sampled).
             mask = self.mask if stochastic else torch.zeros_like(self.mask)
-            chain, step_log_probs = sde_sample(velocity, noise, self.num_denoise_steps, self.noise(), mask, self.generator, self.sampler)
+            with self.autocast():
+                chain, step_log_probs = sde_sample(velocity, noise, self.num_denoise_steps, self.noise(), mask, self.generator, self.sampler)
             env_actions = self.policy.postprocess(chain[:, -1], inputs.raw_state)
         finally:
             self.model.train(was_training)

@@ -16,10 +16,14 @@ One iteration:
                   advantage-conditioned flow matching (CFG); gradients averaged over ranks; AdamW with warm-up;
   5. log          metrics reduced over ranks; rank 0 writes TensorBoard, metrics.jsonl, success.png, checkpoints.
 
-Gradients are averaged with one all-reduce per optimizer step (as CleanRL's multi-GPU PPO does) rather than through
-the DistributedDataParallel wrapper: the loss is not one forward call (a prefix pass, then one expert pass per
+Where it runs (`pi0.ript.algo.parallel`): `train.strategy=replicated` keeps the whole model on every rank and sums
+gradients with one all-reduce per optimizer step (as CleanRL's multi-GPU PPO does) rather than through the
+DistributedDataParallel wrapper: the loss is not one forward call (a prefix pass, then one expert pass per
 denoising step), and ranks keep different numbers of samples after dynamic sampling, which DDP's per-forward hooks
-cannot express. Each rank takes the same number of optimizer steps, and each sample weighs the same on every rank.
+cannot express. `train.strategy=fsdp` shards weights, gradients and AdamW state (torch's fully_shard) and samples
+rollouts with a full replica of the weights. Each rank takes the same number of optimizer steps, and each sample
+weighs the same on every rank. `train.precision` (bf16 autocast on CUDA by default, fp32 weights and optimizer)
+and `train.activation_checkpointing` trade speed for memory.
 """
 
 from __future__ import annotations
@@ -33,67 +37,135 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from pi0.ript.algo import checkpoint as ckpt
 from pi0.ript.algo.cfg import condition_labels
 from pi0.ript.algo.dynamic_sampling import ContextSampler, sample_groups
 from pi0.ript.algo.flow_sde import stochastic_steps
+from pi0.ript.algo.parallel import (
+    all_reduce_sum, average_gradients, barrier, checkpointed_parts, full_optimizer_state, full_tensor,
+    load_full_optimizer_state, resolve_precision, setup_distributed, shard_fsdp, sync_full_weights,
+)
 from pi0.ript.algo.ppo import ppo_loss
 from pi0.ript.algo.rl_policy import RLPolicy
 from pi0.ript.algo.rloo import rloo_advantages
+from pi0.ript.config.schema import ConfigError, apply_debug_mode
 from pi0.ript.env.episode import Episode, EpisodeRequest
 
 log = logging.getLogger("pi0.ript.train")
 
+# What a CUDA out-of-memory error during training should make the user try, in order of what it costs them.
+OUT_OF_MEMORY_HINT = (
+    "CUDA out of memory during training: raise algo.num_minibatches (smaller update batches), set "
+    "train.activation_checkpointing=all, train.expert_only=true, or shard with train.strategy=fsdp under torchrun; "
+    "fewer task.num_parallel_envs lowers rollout memory"
+)
 
-def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
+
+@dataclass
+class SampleBatch:
+    """The iteration's training data, one sample per policy query of every kept episode (CleanRL's rollout buffer)."""
+
+    observations: list[dict[str, np.ndarray]]  # what the policy saw
+    instructions: list[str]
+    chains: torch.Tensor  # [S, N+1, H, D] denoising chains recorded at rollout time (last entry: the chunk)
+    old_step_log_probs: torch.Tensor | None  # [S, N] per-step log-probs under the rollout policy (None: no noise)
+    advantages: torch.Tensor  # [S] the episode's RLOO advantage
+    weights: torch.Tensor  # [S] 1; 0 for a placeholder that only keeps FSDP's collectives in step on a rank without data
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+    @property
+    def num_real(self) -> int:
+        return int(self.weights.sum())
+
+    @staticmethod
+    def from_records(records: list[tuple[Any, str, float]], weight: float = 1.0) -> "SampleBatch":
+        """(inference record, instruction, advantage) triples -> a batch."""
+        log_probs = [r.extras.get("step_log_probs") for r, _, _ in records]
+        return SampleBatch(
+            observations=[r.observation for r, _, _ in records],
+            instructions=[instruction for _, instruction, _ in records],
+            chains=torch.from_numpy(np.stack([r.extras["chain"] for r, _, _ in records])),
+            old_step_log_probs=None if any(lp is None for lp in log_probs) else torch.from_numpy(np.stack(log_probs)),
+            advantages=torch.tensor([adv for _, _, adv in records], dtype=torch.float32),
+            weights=torch.full((len(records),), weight),
+        )
+
+
+def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dict[str, Any]:
     """Run `cfg.train.num_iterations` RIPT iterations (continuing from the latest checkpoint when `resume`).
-    Returns the last iteration's metrics plus `success_history` (eval success rate by iteration) on every rank."""
+    Returns the last iteration's metrics plus `success_history` (eval success rate by iteration) on every rank.
+    `base_policy`: a PI0Policy to start from instead of loading `policy.checkpoint_path` (benchmarks)."""
+    cfg = apply_debug_mode(cfg)  # the runner gets the same one-task, short-horizon view
     a, tc = cfg.algo, cfg.train
+    fsdp = tc.strategy == "fsdp"
 
     # --- processes: torchrun sets RANK / WORLD_SIZE; a plain `python -m` run is rank 0 of 1 ------------------------
-    rank, world_size, device = setup_distributed(tc.dist_backend, cfg.policy.device)
+    rank, world_size, device = setup_distributed(tc.dist_backend, cfg.policy.device, tc.strategy)
     is_main = rank == 0
+    autocast_dtype = resolve_precision(tc.precision, device)
     output_dir = Path(tc.output_dir)
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(tc.seed + rank)
+    found = ckpt.latest_checkpoint(output_dir) if resume else None
+    if found is not None:
+        saved_strategy = ckpt.load_trainer_state(found).get("strategy", "replicated")
+        if saved_strategy != tc.strategy:
+            raise ConfigError(
+                f"train.strategy={tc.strategy}: {found} was written with train.strategy={saved_strategy} (its optimizer "
+                f"state is laid out for that); resume with train.strategy={saved_strategy}"
+            )
 
-    # --- policy: the pi0 checkpoint wrapped for RL sampling; a frozen copy when the KL penalty is on ---------------
+    # --- policy: fp32 master weights wrapped for RL sampling; frozen copies where the loss needs them --------------
     from pi0.model.policy import PI0Policy  # imported here so `--help` does not load transformers
 
-    base_policy = PI0Policy.from_pretrained(cfg.policy.checkpoint_path, device=device)
+    if base_policy is None:
+        base_policy = PI0Policy.from_pretrained(cfg.policy.checkpoint_path, device=device)
     rl = make_rl_policy(cfg, base_policy, seed=tc.seed * 1000 + rank)
-    reference = None
-    if a.kl_coef > 0:
-        reference = copy.deepcopy(rl).eval()  # the starting policy; on resume it is rebuilt from the same checkpoint
-        for p in reference.parameters():
-            p.requires_grad_(False)
+    rl.autocast_dtype = autocast_dtype
+    rl.model.set_activation_checkpointing(checkpointed_parts(tc.activation_checkpointing))
+    reference = frozen_copy(rl, autocast_dtype) if a.kl_coef > 0 else None  # the starting policy (rebuilt from it on resume)
     # cfg: the null condition's anchor, a frozen policy whose sampling velocity the null branch is pulled towards
-    # (instead of only refitting the policy's own samples, which drifts): the starting policy, or a snapshot of the
-    # policy that sampled the current iteration's rollouts, refreshed before each update.
+    # (instead of only refitting the policy's own samples, which drifts): the starting policy, or the policy that
+    # sampled the current iteration's rollouts (refreshed before each update).
     anchor = None
-    if a.optimizer == "cfg" and a.cfg_null_anchor != "none" and a.cfg_anchor_coef > 0:
-        anchor = reference if (a.cfg_null_anchor == "start" and reference is not None) else copy.deepcopy(rl).eval()
-        for p in anchor.parameters():
-            p.requires_grad_(False)
+    use_anchor = a.optimizer == "cfg" and a.cfg_null_anchor != "none" and a.cfg_anchor_coef > 0
+    if use_anchor and a.cfg_null_anchor == "start":
+        anchor = reference if reference is not None else frozen_copy(rl, autocast_dtype)
+    if found is not None:
+        ckpt.load_module_state(found, rl)
     params = rl.trainable_parameters(tc.expert_only)
+    # The runner samples with `rollout_policy`: the policy itself, or under FSDP a full replica of its weights on each
+    # rank, refreshed after every update (ranks call the policy at unrelated times; sharded weights would need
+    # every rank in every call). That replica is also the rollout anchor: it holds the weights that sampled.
+    rollout_policy = rl
+    if fsdp:
+        rollout_policy = frozen_copy(rl)
+        shard_fsdp(rl, device, autocast_dtype)
+        params = [p for p in rl.parameters() if p.requires_grad]
+    if use_anchor and a.cfg_null_anchor == "rollout":
+        anchor = rollout_policy if fsdp else frozen_copy(rl, autocast_dtype)
     # The RL heads (a learned noise scale, the CFG condition embeddings) start from fixed values (the configured
     # scale, zeros) and must move by order one to matter: at the policy's fine-tuning learning rate that would take
     # thousands of steps (e.g. the conditions would not differ at all, and CFG would be plain self-imitation of
     # successes and failures alike). So they get their own learning rate.
-    heads = {id(p) for p in rl.head_parameters()}
-    groups = [{"params": [p for p in params if id(p) not in heads]}]
-    if any(id(p) in heads for p in params):
-        groups.append({"params": [p for p in params if id(p) in heads], "lr": a.head_learning_rate})
+    heads = {name for name, p in rl.named_parameters() if any(p is h for h in rl.head_parameters())}
+    head_params = [p for name, p in rl.named_parameters() if name in heads and p.requires_grad]
+    groups = [{"params": [p for name, p in rl.named_parameters() if name not in heads and p.requires_grad]}]
+    if head_params:
+        groups.append({"params": head_params, "lr": a.head_learning_rate})
     optimizer = torch.optim.AdamW(groups, lr=tc.learning_rate, weight_decay=tc.weight_decay, eps=tc.adam_eps)
     warmup = max(int(tc.warmup_steps), 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
@@ -102,7 +174,7 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
     # --- envs and contexts: this rank's shard of every (task, init state) -----------------------------------------
     from pi0.ript.env import create_env_runner
 
-    runner = create_env_runner(cfg, rl, rank=rank, world_size=world_size)
+    runner = create_env_runner(cfg, rollout_policy, rank=rank, world_size=world_size)
     spec = runner.env_spec
     task_ids = list(cfg.task.task_ids) or list(range(spec.num_tasks()))
     all_contexts = [(t, i) for t in task_ids for i in range(spec.num_init_states(t))]
@@ -112,26 +184,26 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
         EpisodeRequest(task_id=t, init_state=i) for t in task_ids for i in range(tc.eval_episodes_per_task)
     ][rank::world_size]
 
-    # --- resume: weights, optimizer, schedule, every RNG stream and the next iteration ---------------------------
+    # --- resume: optimizer, schedule, every RNG stream and the next iteration (the weights were loaded above) -----
     start_iteration, optimizer_steps, history = 0, 0, []
-    if resume:
-        found = ckpt.latest_checkpoint(output_dir)
-        if found is None:
-            log.warning("--resume: no checkpoint under %s; starting from iteration 0", output_dir)
+    if resume and found is None:
+        log.warning("--resume: no checkpoint under %s; starting from iteration 0", output_dir)
+    if found is not None:
+        opt_state = torch.load(found / "optimizer.pt", map_location="cpu", weights_only=False)  # any device: load_state_dict moves it
+        if fsdp:
+            load_full_optimizer_state(rl, optimizer, opt_state["optimizer"])
         else:
-            ckpt.load_module_state(found, rl)
-            opt_state = torch.load(found / "optimizer.pt", map_location="cpu", weights_only=False)  # any device: load_state_dict moves it
             optimizer.load_state_dict(opt_state["optimizer"])
-            scheduler.load_state_dict(opt_state["scheduler"])
-            state = ckpt.load_trainer_state(found)
-            start_iteration, optimizer_steps, history = state["iteration"] + 1, state["optimizer_steps"], state["history"]
-            rank_state = ckpt.load_rank_state(found, rank)
-            ckpt.restore_global_rng(rank_state)
-            rl.generator.set_state(rank_state["rollout_generator"])
-            update_generator.set_state(rank_state["update_generator"])
-            sampler.load_state_dict(rank_state["sampler"])
-            if is_main:
-                log.info("resumed from %s: next iteration %d", found, start_iteration)
+        scheduler.load_state_dict(opt_state["scheduler"])
+        state = ckpt.load_trainer_state(found)
+        start_iteration, optimizer_steps, history = state["iteration"] + 1, state["optimizer_steps"], state["history"]
+        rank_state = ckpt.load_rank_state(found, rank)
+        ckpt.restore_global_rng(rank_state)
+        rollout_policy.generator.set_state(rank_state["rollout_generator"])
+        update_generator.set_state(rank_state["update_generator"])
+        sampler.load_state_dict(rank_state["sampler"])
+        if is_main:
+            log.info("resumed from %s: next iteration %d", found, start_iteration)
 
     writer = None
     if is_main:
@@ -141,6 +213,7 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
     reward_of = (lambda e: float(e.success)) if a.reward == "success" else (lambda e: float(e.total_reward))
     metrics: dict[str, Any] = {}
     K = a.rollouts_per_env
+    first_record: list[tuple[Any, str]] = []  # any one policy query of this rank (the FSDP placeholder's input)
 
     def rollout(contexts: list[tuple[int, int]]) -> list[tuple[list[Episode], torch.Tensor]]:
         """K episodes per context through the runner (all at once); grouped back by request order."""
@@ -149,6 +222,8 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
         bar = tqdm(total=len(requests), desc="rollouts", leave=False, disable=not (is_main and tc.progress))
         for episode in runner.run_episodes(requests):
             episodes[episode.request_id] = episode
+            if not first_record and episode.inference:
+                first_record.append((episode.inference[0], episode.instruction))
             bar.update(1)
         bar.close()
         groups = [episodes[c * K : (c + 1) * K] for c in range(len(contexts))]
@@ -157,18 +232,92 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
     def evaluate(iteration: int) -> float:
         """Success rate over eval init states 0..N-1 of every task, with a fixed sampling seed; the training RNG
         stream is saved and restored around it, so evaluating never changes what training does."""
-        saved = rl.generator.get_state()
-        rl.generator.manual_seed(tc.eval_seed + rank)
-        rl.deterministic = tc.eval_deterministic
+        generator = rollout_policy.generator
+        saved = generator.get_state()
+        generator.manual_seed(tc.eval_seed + rank)
+        rollout_policy.deterministic = tc.eval_deterministic
         successes = sum(float(e.success) for e in runner.run_episodes(list(map(copy.copy, eval_requests))))
-        rl.deterministic = False
-        rl.generator.set_state(saved)
+        rollout_policy.deterministic = False
+        generator.set_state(saved)
         total = all_reduce_sum(torch.tensor([successes, float(len(eval_requests))]))
         rate = float(total[0] / total[1])
         history.append({"iteration": iteration, "eval_success_rate": rate})
         if writer is not None:
             writer.add_scalar("eval/success_rate", rate, iteration)
         return rate
+
+    def minibatch_loss(batch: SampleBatch, mb: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Per-sample loss [len(mb)] of the chosen objective on minibatch `mb`, and its summed diagnostics."""
+        idx = mb.tolist()
+        inputs = rl.policy.prepare_batch([batch.observations[j] for j in idx], [batch.instructions[j] for j in idx])
+        chains = batch.chains[mb].to(device)
+        stats: dict[str, float] = {}
+        with rl.autocast():
+            if a.optimizer == "ppo":
+                new_log_prob, kl = rl.chain_log_prob(inputs, chains, not tc.expert_only, reference)
+                scored = stochastic_steps(a.num_denoise_steps, a.sampler)  # steps that carry a log-density
+                new_log_prob, old = new_log_prob[:, scored], batch.old_step_log_probs[mb][:, scored].to(new_log_prob)
+                if a.ppo_ratio == "chain":  # one ratio per chunk: the product of the step ratios
+                    new_log_prob, old = new_log_prob.sum(dim=1), old.sum(dim=1)
+                per_sample, ppo_stats = ppo_loss(new_log_prob, old, batch.advantages[mb].to(device), a.clip_eps)
+                weights = batch.weights[mb].to(device)
+                stats["clipped"] = float((ppo_stats["clipped"] * weights).sum())
+                stats["approx_kl"] = float((ppo_stats["approx_kl"] * weights).sum())
+            else:
+                labels = condition_labels(batch.advantages[mb], a.cfg_condition_dropout, update_generator)
+                noise = torch.randn(chains[:, -1].shape, generator=update_generator)
+                flow_time = rl.model.sample_time(len(mb), update_generator)
+                per_sample, kl, anchor_gap = rl.cfg_loss(
+                    inputs, chains[:, -1], labels.to(device), noise.to(device), flow_time.to(device),
+                    not tc.expert_only, reference, anchor,
+                )
+                weights = batch.weights[mb].to(device)
+                if anchor_gap is not None:
+                    per_sample = per_sample + a.cfg_anchor_coef * anchor_gap
+                    stats["anchor_gap"] = float((anchor_gap.detach() * weights).sum())
+        if kl is not None:  # the KL penalty to the starting policy (ppo) or its flow analogue (cfg)
+            per_sample = per_sample + a.kl_coef * kl
+            stats["kl_to_start"] = float((kl.detach() * weights).sum())
+        stats["loss"] = float((per_sample.detach() * weights).sum())
+        return per_sample * weights, stats
+
+    def update(batch: SampleBatch) -> tuple[dict[str, float], int]:
+        """`update_epochs` passes over minibatches; returns the summed diagnostics and the optimizer steps taken."""
+        nonlocal optimizer_steps
+        totals: dict[str, float] = {}
+        steps_taken = 0
+        if a.optimizer == "ppo" and batch.num_real > 0 and batch.old_step_log_probs is None:
+            raise RuntimeError("ppo needs rollout log-probabilities: the rollouts were sampled without noise")
+        for epoch in range(a.update_epochs):
+            order = torch.randperm(len(batch), generator=update_generator)
+            for mb_index, mb in enumerate(torch.tensor_split(order, a.num_minibatches)):
+                global_count = all_reduce_sum(torch.tensor([float(batch.weights[mb].sum())]))[0]
+                placeholder = fsdp and len(mb) == 0 and len(batch) > 0
+                if placeholder:  # FSDP needs every rank in every forward/backward: a pass that weighs nothing
+                    mb = torch.zeros(1, dtype=torch.long)
+                if len(mb) > 0:
+                    per_sample, stats = minibatch_loss(batch, mb)
+                    if placeholder:
+                        per_sample, stats = per_sample * 0.0, {}
+                    for key, value in stats.items():
+                        totals[key] = totals.get(key, 0.0) + value
+                    totals["samples"] = totals.get("samples", 0.0) + (0.0 if placeholder else float(batch.weights[mb].sum()))
+                    # Sum over this rank's samples / samples over all ranks: after the gradient reduction every
+                    # sample in the global minibatch weighs the same. FSDP averages over ranks: undo its division.
+                    loss = per_sample.sum() / global_count.clamp_min(1.0) / a.grad_accum_steps
+                    (loss * world_size if fsdp else loss).backward()
+                if (mb_index + 1) % a.grad_accum_steps == 0 or mb_index + 1 == a.num_minibatches:
+                    if not fsdp:
+                        average_gradients(params, world_size)
+                    max_norm = a.max_grad_norm if a.max_grad_norm > 0 else float("inf")
+                    grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, max_norm))
+                    totals["grad_norm"] = totals.get("grad_norm", 0.0) + float(grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    steps_taken += 1
+                    optimizer_steps += 1
+        return totals, steps_taken
 
     try:
         if tc.eval_at_start and start_iteration == 0:
@@ -178,13 +327,16 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
             started = time.perf_counter()
 
             # 1-2. rollouts with dynamic sampling ---------------------------------------------------------------
+            reset_peak_memory(device)
             runner.stats.reset()
+            first_record.clear()
             groups = sample_groups(sampler, rollout, contexts_per_rank, a.dynamic_sampling, a.max_sampling_rounds)
             rollout_seconds = time.perf_counter() - started
             env_steps = runner.stats.env_steps
+            rollout_peak = peak_memory_gib(device)
 
             # 3. RLOO advantages, then one sample per policy query of every kept episode ------------------------
-            samples: list[tuple[dict, str, np.ndarray, Any, float]] = []  # obs, instruction, chain, step log-probs, A
+            records: list[tuple[Any, str, float]] = []  # (inference record, instruction, advantage)
             kept_advantages = []
             if groups.kept:
                 advantages = rloo_advantages(torch.stack([rewards for _, _, rewards in groups.kept]))
@@ -193,130 +345,95 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
                     for episode, advantage in zip(episodes, group_advantages.tolist()):
                         if a.optimizer == "cfg" and not a.cfg_fit_negatives and advantage <= 0:
                             continue  # fit only better-than-group chunks (the null condition sees them too)
-                        for record in episode.inference:
-                            samples.append(
-                                (record.observation, episode.instruction, record.extras["chain"],
-                                 record.extras.get("step_log_probs"), advantage)
-                            )
-            if a.normalize_advantages and samples:
-                scale = torch.tensor([s[4] for s in samples]).std().clamp_min(1e-6)
-                samples = [(o, i, c, lp, adv / float(scale)) for o, i, c, lp, adv in samples]
+                        records.extend((record, episode.instruction, advantage) for record in episode.inference)
+            if a.normalize_advantages and records:
+                scale = torch.tensor([adv for _, _, adv in records]).std().clamp_min(1e-6)
+                records = [(r, i, adv / float(scale)) for r, i, adv in records]
 
             # 4. update epochs over minibatches ------------------------------------------------------------------
+            reset_peak_memory(device)
             update_started = time.perf_counter()
-            totals = torch.zeros(7, dtype=torch.float64)  # loss, clipped, approx_kl, kl_to_start, samples, grad_norm, anchor gap
+            totals: dict[str, float] = {}
             steps_taken = 0
-            if all_reduce_sum(torch.tensor([float(len(samples))]))[0] > 0:
-                if anchor is not None and a.cfg_null_anchor == "rollout":
-                    anchor.load_state_dict(rl.state_dict())
+            if all_reduce_sum(torch.tensor([float(len(records))]))[0] > 0:
+                if anchor is not None and a.cfg_null_anchor == "rollout" and not fsdp:
+                    anchor.load_state_dict(rl.state_dict())  # (under FSDP the anchor is the rollout replica itself)
+                if records:
+                    batch = SampleBatch.from_records(records)
+                else:  # nothing kept here but elsewhere: FSDP still needs this rank's passes (with weight 0)
+                    batch = SampleBatch.from_records([(*first_record[0], 0.0)], weight=0.0) if fsdp else None
                 rl.train()
-                chains = torch.from_numpy(np.stack([s[2] for s in samples])) if samples else None
-                sample_advantages = torch.tensor([s[4] for s in samples], dtype=torch.float32)
-                scored = stochastic_steps(a.num_denoise_steps, a.sampler)  # steps that carry a log-density
-                if a.optimizer == "ppo":
-                    if any(s[3] is None for s in samples):
-                        raise RuntimeError("ppo needs rollout log-probabilities: the rollouts were sampled without noise")
-                    old_log_prob = torch.from_numpy(np.stack([s[3] for s in samples]))[:, scored]
-                for epoch in range(a.update_epochs):
-                    order = torch.randperm(len(samples), generator=update_generator)
-                    for mb_index, mb in enumerate(torch.tensor_split(order, a.num_minibatches)):
-                        global_count = all_reduce_sum(torch.tensor([float(len(mb))]))[0]
-                        if len(mb) > 0:
-                            idx = mb.tolist()
-                            inputs = rl.policy.prepare_batch([samples[j][0] for j in idx], [samples[j][1] for j in idx])
-                            if a.optimizer == "ppo":
-                                new_log_prob, kl = rl.chain_log_prob(inputs, chains[mb].to(device), not tc.expert_only, reference)
-                                new_log_prob, old = new_log_prob[:, scored], old_log_prob[mb].to(new_log_prob)
-                                if a.ppo_ratio == "chain":  # one ratio per chunk: the product of the step ratios
-                                    new_log_prob, old = new_log_prob.sum(dim=1), old.sum(dim=1)
-                                per_sample, stats = ppo_loss(new_log_prob, old, sample_advantages[mb].to(device), a.clip_eps)
-                                totals[1] += stats["clipped"].sum().item()
-                                totals[2] += stats["approx_kl"].sum().item()
-                            else:
-                                labels = condition_labels(sample_advantages[mb], a.cfg_condition_dropout, update_generator)
-                                noise = torch.randn(chains[mb, -1].shape, generator=update_generator)
-                                flow_time = rl.model.sample_time(len(mb), update_generator)
-                                per_sample, kl, anchor_gap = rl.cfg_loss(
-                                    inputs, chains[mb, -1].to(device), labels.to(device), noise.to(device),
-                                    flow_time.to(device), not tc.expert_only, reference, anchor,
-                                )
-                                if anchor_gap is not None:
-                                    per_sample = per_sample + a.cfg_anchor_coef * anchor_gap
-                                    totals[6] += anchor_gap.detach().sum().item()
-                            if kl is not None:
-                                per_sample = per_sample + a.kl_coef * kl
-                                totals[3] += kl.detach().sum().item()
-                            totals[0] += per_sample.detach().sum().item()
-                            totals[4] += len(mb)
-                            # Sum over this rank's samples / samples over all ranks: after the all-reduce, every
-                            # sample in the global minibatch weighs the same.
-                            (per_sample.sum() / global_count / a.grad_accum_steps).backward()
-                        if (mb_index + 1) % a.grad_accum_steps == 0 or mb_index + 1 == a.num_minibatches:
-                            average_gradients(params, world_size)
-                            grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm if a.max_grad_norm > 0 else float("inf"))
-                            totals[5] += float(grad_norm)
-                            optimizer.step()
-                            scheduler.step()
-                            optimizer.zero_grad(set_to_none=True)
-                            steps_taken += 1
-                            optimizer_steps += 1
+                if batch is None:  # replicated: no data on this rank, but the same optimizer steps and all-reduces
+                    batch = SampleBatch([], [], torch.zeros(0), None, torch.zeros(0), torch.zeros(0))
+                try:
+                    totals, steps_taken = update(batch)
+                except torch.cuda.OutOfMemoryError as exc:
+                    raise torch.cuda.OutOfMemoryError(f"{OUT_OF_MEMORY_HINT} ({str(exc).splitlines()[0]})") from exc
                 rl.eval()
+                if fsdp:
+                    sync_full_weights(rl, rollout_policy)  # the next rollouts sample with the updated weights
             update_seconds = time.perf_counter() - update_started
 
             # 5. metrics over all ranks, then logs and checkpoint ------------------------------------------------
             all_rewards = torch.cat(groups.all_rewards) if groups.all_rewards else torch.zeros(0)
             adv = torch.tensor(kept_advantages, dtype=torch.float64)
-            summed = all_reduce_sum(torch.tensor([
-                float((all_rewards > 0).sum()), float(all_rewards.numel()), float(all_rewards.sum()),
-                float(len(groups.kept)), float(groups.dropped), float(groups.dropped_all_success),
-                float(groups.dropped_all_failure), float(groups.rounds), float(adv.numel()), float(adv.sum()),
-                float((adv ** 2).sum()), float(env_steps), rollout_seconds, *totals.tolist(),
-            ], dtype=torch.float64)).tolist()
-            (n_success, n_episodes, reward_sum, kept, dropped, dropped_success, dropped_failure, rounds, n_adv,
-             adv_sum, adv_sq, steps, rollout_s, loss, clipped, approx_kl, kl_start, n_samples, grad_norm, anchor_gap_sum) = summed
-            adv_mean = adv_sum / max(n_adv, 1)
+            summed = reduce_named({
+                "successes": float((all_rewards > 0).sum()), "episodes": float(all_rewards.numel()),
+                "reward_sum": float(all_rewards.sum()), "kept": float(len(groups.kept)), "dropped": float(groups.dropped),
+                "dropped_success": float(groups.dropped_all_success), "dropped_failure": float(groups.dropped_all_failure),
+                "rounds": float(groups.rounds), "advantages": float(adv.numel()), "advantage_sum": float(adv.sum()),
+                "advantage_sq_sum": float((adv**2).sum()), "env_steps": float(env_steps), "rollout_s": rollout_seconds,
+                **{key: totals.get(key, 0.0) for key in ("loss", "clipped", "approx_kl", "kl_to_start", "samples", "grad_norm", "anchor_gap")},
+            })
+            n_samples = max(summed["samples"], 1)
+            adv_mean = summed["advantage_sum"] / max(summed["advantages"], 1)
             metrics = {
                 "iteration": iteration,
-                "rollout/success_rate": n_success / max(n_episodes, 1),
-                "rollout/mean_reward": reward_sum / max(n_episodes, 1),
-                "rollout/episodes": int(n_episodes),
-                "rollout/env_steps_per_second": steps / max(rollout_s / world_size, 1e-9),  # ranks run side by side
-                "sampling/contexts_kept": int(kept),
-                "sampling/contexts_dropped": int(dropped),
-                "sampling/dropped_all_success": int(dropped_success),
-                "sampling/dropped_all_failure": int(dropped_failure),
-                "sampling/rounds_mean": rounds / world_size,
+                "rollout/success_rate": summed["successes"] / max(summed["episodes"], 1),
+                "rollout/mean_reward": summed["reward_sum"] / max(summed["episodes"], 1),
+                "rollout/episodes": int(summed["episodes"]),
+                "rollout/env_steps_per_second": summed["env_steps"] / max(summed["rollout_s"] / world_size, 1e-9),  # ranks run side by side
+                "sampling/contexts_kept": int(summed["kept"]),
+                "sampling/contexts_dropped": int(summed["dropped"]),
+                "sampling/dropped_all_success": int(summed["dropped_success"]),
+                "sampling/dropped_all_failure": int(summed["dropped_failure"]),
+                "sampling/rounds_mean": summed["rounds"] / world_size,
                 "advantage/mean": adv_mean,
-                "advantage/std": math.sqrt(max(adv_sq / max(n_adv, 1) - adv_mean**2, 0.0)),
-                "update/samples": int(n_samples),
-                "update/loss": loss / max(n_samples, 1),
-                "update/clip_fraction": clipped / max(n_samples, 1),
-                "update/approx_kl": approx_kl / max(n_samples, 1),
-                "update/kl_to_start": kl_start / max(n_samples, 1),
-                "update/grad_norm": grad_norm / world_size / max(steps_taken, 1),
+                "advantage/std": math.sqrt(max(summed["advantage_sq_sum"] / max(summed["advantages"], 1) - adv_mean**2, 0.0)),
+                "update/samples": int(summed["samples"]),
+                "update/loss": summed["loss"] / n_samples,
+                "update/clip_fraction": summed["clipped"] / n_samples,
+                "update/approx_kl": summed["approx_kl"] / n_samples,
+                "update/kl_to_start": summed["kl_to_start"] / n_samples,
+                "update/grad_norm": summed["grad_norm"] / world_size / max(steps_taken, 1),
                 "update/optimizer_steps": optimizer_steps,
                 "update/learning_rate": scheduler.get_last_lr()[0],
-                "update/noise_scale": float(rl.noise().detach().mean()),
-                "update/cfg_condition_gap": rl.condition_gap(),
-                "update/cfg_anchor_gap": anchor_gap_sum / max(n_samples, 1),
+                "update/noise_scale": float(rollout_policy.noise().detach().mean()),
+                "update/cfg_condition_gap": rollout_policy.condition_gap(),
+                "update/cfg_anchor_gap": summed["anchor_gap"] / n_samples,
                 "time/rollout_s": rollout_seconds,
                 "time/update_s": update_seconds,
             }
+            if device.type == "cuda":  # peak GPU memory allocated by torch in each phase, on this rank
+                metrics["memory/rollout_peak_gib"] = rollout_peak
+                metrics["memory/update_peak_gib"] = peak_memory_gib(device)
             if tc.eval_every > 0 and (iteration + 1) % tc.eval_every == 0:
                 metrics["eval/success_rate"] = evaluate(iteration + 1)
             metrics["time/iteration_s"] = time.perf_counter() - started
             if is_main:
                 write_metrics(output_dir, writer, metrics)
-                iterations.set_postfix(success=f"{metrics['rollout/success_rate']:.2f}", kept=int(kept))
+                iterations.set_postfix(success=f"{metrics['rollout/success_rate']:.2f}", kept=int(summed["kept"]))
             last = iteration + 1 == tc.num_iterations
-            if (tc.checkpoint_every > 0 and (iteration + 1) % tc.checkpoint_every == 0) or last:
-                save_checkpoint(cfg, output_dir, iteration, rl, base_policy, optimizer, scheduler, sampler,
+            due = (tc.checkpoint_every > 0 and (iteration + 1) % tc.checkpoint_every == 0) or last
+            if due and tc.save_checkpoints:
+                optimizer_state = full_optimizer_state(rl, optimizer) if fsdp else optimizer.state_dict()
+                save_checkpoint(cfg, output_dir, iteration, rollout_policy, optimizer_state, scheduler, sampler,
                                 update_generator, optimizer_steps, history, rank, world_size)
     finally:
         runner.close()
         if writer is not None:
             writer.close()
-    checksum = weights_checksum(rl)
+    checksum = weights_checksum(rollout_policy)
     if world_size > 1:
         gathered = [None] * world_size
         dist.all_gather_object(gathered, checksum)
@@ -328,22 +445,6 @@ def train(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
 
 
 # --- helpers (small, in the order the loop uses them) ----------------------------------------------------------------
-def setup_distributed(backend: str, policy_device: str) -> tuple[int, int, torch.device]:
-    """Join the process group torchrun describes (RANK/WORLD_SIZE); one process otherwise. nccl needs a GPU each."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    use_cuda = torch.cuda.is_available() and policy_device != "cpu"
-    if world_size > 1 and not dist.is_initialized():
-        if backend == "auto":
-            backend = "nccl" if use_cuda else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
-    if use_cuda:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        return rank, world_size, torch.device("cuda", local_rank)
-    return rank, world_size, torch.device("cpu")
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -368,27 +469,33 @@ def make_rl_policy(cfg: DictConfig, base_policy: Any, seed: int) -> RLPolicy:
     ).eval()
 
 
-def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (the identity in a single process); gloo reduces CPU tensors."""
-    if dist.is_initialized():
-        values = values.clone()
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
-def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
-    """Sum every rank's gradient (each already divided by the global sample count) in one flat all-reduce.
-    A parameter with no gradient on this rank (it had no samples) contributes zeros."""
-    if world_size == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.flatten() for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory torch allocated on the GPU since the last reset (0 on a CPU: the process RSS is not per phase)."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+
+
+def frozen_copy(rl: RLPolicy, weights_dtype: torch.dtype | None = None) -> RLPolicy:
+    """A frozen, separate copy of the policy (the KL reference, a CFG anchor, the FSDP rollout replica). With
+    `weights_dtype` (bf16 under mixed precision) its pi0 weights are stored in it: a frozen copy only ever runs
+    forward passes, which autocast computes in bf16 anyway, so fp32 storage would only cost memory (6 GiB of 12
+    for a full pi0)."""
+    copied = copy.deepcopy(rl).eval()
+    for p in copied.parameters():
+        p.requires_grad_(False)
+    if weights_dtype is not None:
+        copied.model.to(weights_dtype)
+    return copied
+
+
+def reduce_named(values: dict[str, float]) -> dict[str, float]:
+    """Sum named scalars over ranks (one all-reduce); the names stay attached to their values."""
+    summed = all_reduce_sum(torch.tensor(list(values.values()), dtype=torch.float64)).tolist()
+    return dict(zip(values, summed))
 
 
 def weights_checksum(module: torch.nn.Module) -> str:
@@ -411,32 +518,29 @@ def write_metrics(output_dir: Path, writer: Any, metrics: dict[str, Any]) -> Non
     writer.flush()
 
 
-def save_checkpoint(cfg, output_dir, iteration, rl, base_policy, optimizer, scheduler, sampler, update_generator,
+def save_checkpoint(cfg, output_dir, iteration, rollout_policy, optimizer_state, scheduler, sampler, update_generator,
                     optimizer_steps, history, rank, world_size) -> None:
-    """Every rank writes its RNG states into the staging directory; rank 0 writes the rest and renames it."""
+    """Every rank writes its RNG states into the staging directory; rank 0 writes the rest and renames it. The weights
+    come from the rollout policy: the policy itself, or under FSDP its full replica (synced after every update), so
+    the checkpoint is a full state dict that loads into a single process."""
     staging = ckpt.staging_dir(output_dir, iteration)
     if rank == 0:
         staging.mkdir(parents=True, exist_ok=True)
     barrier()
     ckpt.write_rank_state(staging, rank, ckpt.rng_state({
-        "rollout_generator": rl.generator.get_state(),
+        "rollout_generator": rollout_policy.generator.get_state(),
         "update_generator": update_generator.get_state(),
         "sampler": sampler.state_dict(),
     }))
     barrier()
     if rank == 0:
         ckpt.finalize(
-            output_dir, iteration, staging, rl, base_policy.save_pretrained,
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-            {"optimizer_steps": optimizer_steps, "history": history, "world_size": world_size},
+            output_dir, iteration, staging, rollout_policy, rollout_policy.policy.save_pretrained,
+            {"optimizer": optimizer_state, "scheduler": scheduler.state_dict()},
+            {"optimizer_steps": optimizer_steps, "history": history, "world_size": world_size, "strategy": cfg.train.strategy},
             cfg,
         )
     barrier()
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def plot_success(output_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -463,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. algo.optimizer=cfg train.num_iterations=5")
     args = parser.parse_args(argv)
-    from pi0.ript.config.schema import ConfigError, load_config
+    from pi0.ript.config.schema import load_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -471,7 +575,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = train(cfg, resume=args.resume)
+    try:
+        result = train(cfg, resume=args.resume)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except torch.cuda.OutOfMemoryError as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))
     if dist.is_initialized():

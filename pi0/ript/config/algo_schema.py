@@ -12,6 +12,9 @@ from typing import Any
 OPTIMIZERS = ("ppo", "cfg")
 REWARDS = ("success", "total_reward")
 SAMPLERS = ("ddpm", "additive")  # pi0.ript.algo.flow_sde.SAMPLERS (not imported: the schema loads no torch)
+STRATEGIES = ("replicated", "fsdp")
+PRECISIONS = ("auto", "bf16", "fp32")
+CHECKPOINTABLE_PARTS = ("vision", "language", "expert")  # pi0.model.modeling.CHECKPOINTABLE_PARTS
 
 
 @dataclass
@@ -81,6 +84,15 @@ class AlgoConfig:
         _require(t.eval_episodes_per_task >= 1, f"train.eval_episodes_per_task={t.eval_episodes_per_task} must be >= 1")
         _require(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every} must be >= 0 (0: only at the end)")
         _require(t.dist_backend in ("auto", "gloo", "nccl"), f"train.dist_backend={t.dist_backend!r}: use auto, gloo or nccl")
+        _require(t.precision in PRECISIONS, f"train.precision={t.precision!r}: use one of {', '.join(PRECISIONS)}")
+        _require(t.strategy in STRATEGIES, f"train.strategy={t.strategy!r}: use one of {', '.join(STRATEGIES)}")
+        parts = str(t.activation_checkpointing).strip().lower()
+        listed = {p.strip() for p in parts.split(",") if p.strip()}
+        _require(
+            parts in ("none", "all", "true", "false") or (listed and listed <= set(CHECKPOINTABLE_PARTS)),
+            f"train.activation_checkpointing={t.activation_checkpointing!r}: use none, all, or a comma list of "
+            f"{', '.join(CHECKPOINTABLE_PARTS)}",
+        )
 
 
 @dataclass
@@ -91,12 +103,16 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     adam_eps: float = 1e-8  # AdamW epsilon
     expert_only: bool = False  # train only the action expert (+ RL heads); vision and language frozen, less memory
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32 (weights and AdamW stay fp32)
+    activation_checkpointing: str = "none"  # recompute activations in backward: none | all | list of vision,language,expert
+    strategy: str = "replicated"  # replicated: whole model per rank | fsdp: weights, grads, AdamW sharded (torchrun)
     eval_every: int = 0  # evaluate every N iterations through the runner (0: never during training)
     eval_at_start: bool = False  # also evaluate before the first update (the "before" number)
     eval_episodes_per_task: int = 10  # eval init states 0..N-1 of each task in task.task_ids
     eval_seed: int = 12345  # sampling seed for evaluation, so evals differ only by the weights
     eval_deterministic: bool = False  # evaluate with the plain ODE sampler instead of the noisy rollout sampler
     checkpoint_every: int = 1  # write the resumable checkpoint every N iterations (0: only at the end)
+    save_checkpoints: bool = True  # false: write no checkpoint at all (benchmarks, throwaway runs)
     output_dir: str = "runs/ript"  # metrics.jsonl, TensorBoard events, checkpoint/ and success.png go here
     seed: int = 0  # seeds torch, numpy and the context sampler (each rank adds its rank)
     dist_backend: str = "auto"  # torch.distributed backend under torchrun: auto (nccl on GPUs, else gloo) | gloo | nccl
