@@ -179,3 +179,23 @@ def test_bench_builds_the_full_model_in_place_on_the_target_device_and_dtype():
     assert {p.device.type for p in params} == {"meta"} and {p.dtype for p in params} == {torch.bfloat16}
     assert 3.2e9 < sum(p.numel() for p in params) < 3.3e9 and model.config.vocab_size == 257_152
     assert torch.get_default_dtype() == torch.float32  # restored
+
+
+def test_warmup_fills_every_bucket_without_touching_the_noise_generator():
+    policy = make_tiny_policy(INSTRUCTIONS, seed=0, image_size=56, num_inference_steps=2)
+    assert policy.warmup([1, 3]) == {}  # eager: nothing to compile
+    policy.fast_sampler = FastSampler(policy.model, "none")  # the compiled path's logic, without the compile time
+    state = policy.generator.get_state()
+    seconds = policy.warmup([1, 3, 5, 3])
+    assert sorted(seconds) == [(1, 2, False), (4, 2, False), (8, 2, False)]
+    assert torch.equal(policy.generator.get_state(), state)
+
+
+def test_the_accelerator_image_path_stays_on_the_target_device():
+    """Off the CPU, `auto` picks the fixed-point kernel and every tensor it makes lives on the target device. The meta
+    device stands in for CUDA on this CPU-only machine: a CPU tensor mixed into its arithmetic would raise."""
+    images = [np.zeros((100, 60, 3), dtype=np.uint8)] * 2
+    out = BatchImages(56)(images, "meta", torch.bfloat16)
+    assert out.device.type == "meta" and out.dtype == torch.bfloat16 and out.shape == (2, 3, 56, 56)
+    with pytest.raises(RuntimeError, match="device"):
+        torch.zeros(2, device="meta", dtype=torch.int32) * torch.zeros(2, dtype=torch.int32)

@@ -286,7 +286,8 @@ class PI0Policy:
                 state=torch.zeros(b, c.max_state_dim, device=self.device),
                 raw_state=torch.zeros(b, 8, dtype=torch.float64, device=self.device),
             )
-            self.sample(inputs, return_trajectory=self.record_trajectory)
+            noise = torch.zeros(b, c.chunk_size, c.max_action_dim, device=self.device)  # leaves the generator alone
+            self.sample(inputs, noise, return_trajectory=self.record_trajectory)
         return dict(self.fast_sampler.compile_seconds)
 
     def predict_chunks(
