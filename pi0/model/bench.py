@@ -100,49 +100,49 @@ def _peak_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def bench_policies(policies: Sequence[PI0Policy], batch_sizes: Sequence[int], repeats: int, camera_size: int) -> list[dict]:
-    """One row per (policy, batch size). The policies are timed in turn, call by call (round robin), so a change of
+def bench_batch(policies: Sequence[PI0Policy], observations: list[dict], batch: int, repeats: int) -> list[dict]:
+    """One row per policy at one batch size. The policies are timed in turn, call by call (round robin), so a change of
     machine load hits every configuration alike and their ratios stay meaningful on a shared machine."""
     device = policies[0].device
-    rng = np.random.default_rng(0)
-    observations = [_obs(rng, camera_size) for _ in range(max(batch_sizes))]
-    rows = []
-    for b in batch_sizes:
-        obs, prompts = observations[:b], [BENCH_INSTRUCTIONS[i % 2] for i in range(b)]
-        calls: list[list[float]] = [[] for _ in policies]
-        preps: list[list[float]] = [[] for _ in policies]
-        peaks = [0.0] * len(policies)
-        for policy in policies:
-            policy.predict_chunks(obs, prompts)  # warm-up: allocator, kernels, token cache
-        for _ in range(repeats):
-            for i, policy in enumerate(policies):
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                calls[i].append(_time_ms(lambda: policy.predict_chunks(obs, prompts), device))
-                peaks[i] = max(peaks[i], _peak_mib(device))
-                preps[i].append(_time_ms(lambda: policy.prepare_batch(obs, prompts), device))
+    obs, prompts = observations[:batch], [BENCH_INSTRUCTIONS[i % 2] for i in range(batch)]
+    calls: list[list[float]] = [[] for _ in policies]
+    preps: list[list[float]] = [[] for _ in policies]
+    peaks = [0.0] * len(policies)
+    for policy in policies:
+        policy.predict_chunks(obs, prompts)  # warm-up: allocator, kernels, token cache
+    for _ in range(repeats):
         for i, policy in enumerate(policies):
-            call, prep = statistics.median(calls[i]), statistics.median(preps[i])
-            rows.append(
-                {
-                    "compile": policy.compile,
-                    "preprocess": policy.preprocess,
-                    "batch": b,
-                    "ms_per_call": call,
-                    "ms_per_sample": call / b,
-                    "preprocess_ms": prep,
-                    "preprocess_share": prep / call,
-                    "peak_memory_mib": peaks[i],
-                }
-            )
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            calls[i].append(_time_ms(lambda: policy.predict_chunks(obs, prompts), device))
+            peaks[i] = max(peaks[i], _peak_mib(device))
+            preps[i].append(_time_ms(lambda: policy.prepare_batch(obs, prompts), device))
+    rows = []
+    for i, policy in enumerate(policies):
+        call, prep = statistics.median(calls[i]), statistics.median(preps[i])
+        rows.append(
+            {
+                "compile": policy.compile,
+                "preprocess": policy.preprocess,
+                "batch": batch,
+                "ms_per_call": call,
+                "ms_per_sample": call / batch,
+                "preprocess_ms": prep,
+                "preprocess_share": prep / call,
+                "peak_memory_mib": peaks[i],
+            }
+        )
     return rows
 
 
-def print_rows(rows: list[dict], peak_label: str) -> None:
-    print(f"{'batch':>6} {'ms/call':>9} {'ms/sample':>10} {'preprocess ms':>14} {'share':>6} {peak_label:>16}")
+def print_rows(rows: list[dict], peak_label: str, by: str = "batch") -> None:
+    """One line per row, labelled by batch size or by configuration (compile/preprocess)."""
+    label = (lambda r: f"{r['batch']:>6}") if by == "batch" else (lambda r: f"{r['compile'] + '/' + r['preprocess']:>26}")
+    head = f"{'batch':>6}" if by == "batch" else f"{'compile/preprocess':>26}"
+    print(f"{head} {'ms/call':>9} {'ms/sample':>10} {'preprocess ms':>14} {'share':>6} {peak_label:>16}")
     for r in rows:
         print(
-            f"{r['batch']:>6} {r['ms_per_call']:>9.1f} {r['ms_per_sample']:>10.2f} {r['preprocess_ms']:>14.1f}"
+            f"{label(r)} {r['ms_per_call']:>9.1f} {r['ms_per_sample']:>10.2f} {r['preprocess_ms']:>14.1f}"
             f" {r['preprocess_share']:>6.1%} {r['peak_memory_mib']:>16.0f}"
         )
 
@@ -191,48 +191,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{a.num_steps} Euler steps, median of {a.repeats}"
     )
     peak_label = "peak alloc MiB" if device.type == "cuda" else "peak RSS MiB"
-    policies, compile_times = [], {}
-    for mode in a.compile:
-        for prep in a.preprocess:
-            policy = PI0Policy(model, tokenizer, identity_stats(), device=device, dtype=dtype, seed=0, compile=mode, preprocess=prep)
-            compiled = {b: s for (b, _, _), s in policy.warmup(a.batch_sizes).items()}
-            if compiled:
-                compile_times[f"{mode}/{prep}"] = compiled
-                print(f"compile={mode} preprocess={prep}: first call per batch bucket (compilation + one run): "
-                      + ", ".join(f"{b}: {s:.1f} s" for b, s in compiled.items()))
-            policies.append(policy)
-    load_start = os.getloadavg()
-    results = bench_policies(policies, a.batch_sizes, a.repeats, camera)
-    load_end = os.getloadavg()
+    policies = [
+        PI0Policy(model, tokenizer, identity_stats(), device=device, dtype=dtype, seed=0, compile=mode, preprocess=prep)
+        for mode in a.compile
+        for prep in a.preprocess
+    ]
+    rng = np.random.default_rng(0)
+    observations = [_obs(rng, camera) for _ in range(max(a.batch_sizes))]
+    settings = {
+        "size": a.size, "device": str(device), "dtype": a.dtype, "parameters": params, "model_image_size": model.config.image_size,
+        "camera_size": camera, "num_steps": a.num_steps, "repeats": a.repeats, "threads": torch.get_num_threads(),
+        "build_seconds": build_s, "load_average_start": os.getloadavg(),
+    }
+    results: list[dict] = []
+    compile_times: dict[str, dict[int, float]] = {}
+    # Batch size by batch size, each bucket compiled just before it is timed, the JSON rewritten after each: a run
+    # killed by a time limit (long compilations of the full model) keeps every batch size it finished.
+    for b in a.batch_sizes:
+        for policy in policies:
+            for (bucket, _, _), seconds in policy.warmup([b]).items():
+                name = f"{policy.compile}/{policy.preprocess}"
+                if bucket not in compile_times.setdefault(name, {}):
+                    compile_times[name][bucket] = seconds
+                    print(f"compile={policy.compile} preprocess={policy.preprocess}: bucket {bucket} first call "
+                          f"(compilation + one run) {seconds:.1f} s")
+        rows = bench_batch(policies, observations, b, a.repeats)
+        results.extend(rows)
+        print(f"\nbatch {b}:")
+        print_rows(rows, peak_label, by="config")
+        if a.out:
+            settings["load_average_end"] = os.getloadavg()
+            a.out.parent.mkdir(parents=True, exist_ok=True)
+            report = {"machine": machine, "settings": settings, "results": results, "compile_seconds": compile_times}
+            a.out.write_text(json.dumps(report, indent=2) + "\n")
     for policy in policies:
         print(f"\ncompile={policy.compile} preprocess={policy.preprocess}")
         print_rows([r for r in results if (r["compile"], r["preprocess"]) == (policy.compile, policy.preprocess)], peak_label)
     if len(policies) > 1:
-        base = policies[0]
-        print(f"\nms/call relative to compile={base.compile} preprocess={base.preprocess} (same run, calls interleaved):")
+        base = (policies[0].compile, policies[0].preprocess)
+        ref = {r["batch"]: r["ms_per_call"] for r in results if (r["compile"], r["preprocess"]) == base}
+        print(f"\nms/call relative to compile={base[0]} preprocess={base[1]} (same run, calls interleaved):")
         for policy in policies[1:]:
-            ratios = []
-            for b in a.batch_sizes:
-                mine = [r["ms_per_call"] for r in results if (r["compile"], r["preprocess"], r["batch"]) == (policy.compile, policy.preprocess, b)]
-                ref = [r["ms_per_call"] for r in results if (r["compile"], r["preprocess"], r["batch"]) == (base.compile, base.preprocess, b)]
-                ratios.append(f"B={b}: {mine[0] / ref[0]:.2f}")
-            print(f"  compile={policy.compile} preprocess={policy.preprocess}: " + ", ".join(ratios))
-    print(f"\nload average (1 min) at the start / end of the timed calls: {load_start[0]:.2f} / {load_end[0]:.2f}")
+            mine = [r for r in results if (r["compile"], r["preprocess"]) == (policy.compile, policy.preprocess)]
+            print(f"  compile={policy.compile} preprocess={policy.preprocess}: "
+                  + ", ".join(f"B={r['batch']}: {r['ms_per_call'] / ref[r['batch']]:.2f}" for r in mine))
+    print(f"\nload average (1 min) at the start / end: {settings['load_average_start'][0]:.2f} / {os.getloadavg()[0]:.2f}")
     if device.type == "cpu":
-        print(f"\n({peak_label}: the process's peak resident memory so far, not per batch size)")
+        print(f"({peak_label}: the process's peak resident memory so far, not per batch size)")
     if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        report = {
-            "machine": machine,
-            "settings": {
-                "size": a.size, "device": str(device), "dtype": a.dtype, "parameters": params, "model_image_size": model.config.image_size,
-                "camera_size": camera, "num_steps": a.num_steps, "repeats": a.repeats, "threads": torch.get_num_threads(),
-                "build_seconds": build_s, "load_average_start": load_start, "load_average_end": load_end,
-            },
-            "results": results,
-            "compile_seconds": compile_times,
-        }
-        a.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {a.out}")
     return 0
 
