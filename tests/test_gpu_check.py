@@ -1,0 +1,63 @@
+"""`scripts/gpu_check.sh --dry-run`: every section of the GPU machine check runs on a CPU with tiny sizes, under its
+time limit, and writes its results as it goes; `pi0-ript bench train` reports what the trainer did and memory that
+adds up from the parameter counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT as _ROOT
+from pi0.ript.bench_train import analytic_memory
+
+REPO_ROOT = Path(_ROOT)
+SECTIONS = ["machine", "bench_model", "bench_train", "random_checkpoint", "eval", "train_fp32"]
+
+
+@pytest.mark.libero
+def test_gpu_check_dry_run(tmp_path):
+    out = tmp_path / "gpu_check"
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts/gpu_check.sh"), "--dry-run", str(out)],
+        cwd=REPO_ROOT, env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=900,
+    )
+    summary = json.loads((out / "gpu_check.json").read_text())
+    assert list(summary) == SECTIONS, result.stdout[-3000:]
+    assert result.returncode == 0 and all(s["exit_code"] == 0 for s in summary.values()), result.stdout[-4000:]
+    assert all((out / f"{name}.log").stat().st_size > 0 for name in SECTIONS)
+
+    bench = json.loads((out / "bench_train.json").read_text())
+    assert list(bench["variants"]) == ["ppo-full", "cfg-full", "ppo-expert"]
+    for variant, row in bench["variants"].items():
+        assert row["rollout_s"] > 0 and row["update_s"] > 0 and row["samples"] > 0 and row["optimizer_steps"] == 2, variant
+        assert row["process_peak_rss_gib"] > 0
+        assert row["analytic"] == pytest.approx(analytic_memory("tiny", variant, "replicated", 1, bf16=False))
+    assert bench["settings"]["activation_checkpointing"] == "all"
+
+    evaluation = json.loads((out / "eval" / "results.json").read_text())
+    assert evaluation["protocol"]["policy"]["kind"] == "pi0" and evaluation["episodes"] == 1
+    assert not (out / "pi0_random").exists()  # the random weights are removed after use
+    assert json.loads((out / "bench_model.json").read_text())["results"]
+
+
+def test_analytic_memory_adds_up():
+    """Full pi0: 3.24 B parameters, 0.31 B outside the vision-language prefix; bytes per parameter as AdamW in fp32."""
+    full = analytic_memory("full", "ppo-full", "replicated", 1, bf16=False)
+    assert full["parameters_billion"] == pytest.approx(3.238, abs=1e-3)
+    assert full["weights_gib"] == pytest.approx(full["parameters_billion"] * 1e9 * 4 / 2**30)
+    assert full["adamw_gib"] == pytest.approx(2 * full["gradients_gib"]) and full["frozen_copies_gib"] == 0
+    expert = analytic_memory("full", "ppo-expert", "replicated", 1, bf16=False)
+    assert expert["trained_billion"] == pytest.approx(0.315, abs=1e-3) and expert["weights_gib"] == full["weights_gib"]
+    cfg32 = analytic_memory("full", "cfg-full", "replicated", 1, bf16=False)
+    cfg16 = analytic_memory("full", "cfg-full", "replicated", 1, bf16=True)
+    assert cfg32["frozen_copies_gib"] == pytest.approx(full["weights_gib"]) and cfg16["frozen_copies_gib"] == pytest.approx(full["weights_gib"] / 2)
+    sharded = analytic_memory("full", "ppo-full", "fsdp", 8, bf16=True)
+    assert sharded["weights_gib"] + sharded["gradients_gib"] + sharded["adamw_gib"] == pytest.approx(
+        (full["weights_gib"] + full["gradients_gib"] + full["adamw_gib"]) / 8)
+    assert sharded["frozen_copies_gib"] == pytest.approx(full["weights_gib"])  # the rollout replica
