@@ -199,3 +199,32 @@ def test_the_accelerator_image_path_stays_on_the_target_device():
     assert out.device.type == "meta" and out.dtype == torch.bfloat16 and out.shape == (2, 3, 56, 56)
     with pytest.raises(RuntimeError, match="device"):
         torch.zeros(2, device="meta", dtype=torch.int32) * torch.zeros(2, dtype=torch.int32)
+
+
+def test_batched_preprocessing_and_padded_sampling_on_an_emulated_accelerator_match_the_cpu():
+    """On an accelerator the images take the fixed-point kernel and the batch is padded on the device: with the
+    emulated device of tests/emulated_device.py (CUDA's device checks, the CPU's numbers) both give the CPU's exact
+    tensors, and nothing is left on the host."""
+    from tests.emulated_device import emulated_device, is_emulated
+
+    rng = np.random.default_rng(4)
+    observations = [make_obs(rng, 64) for _ in range(3)]
+    instructions = INSTRUCTIONS[:3]
+    cpu = make_tiny_policy(INSTRUCTIONS, norm_stats=STATS, seed=0, image_size=56, num_inference_steps=2, preprocess="per_sample")
+    want = cpu.prepare_batch(observations, instructions)
+    noise = cpu.model.sample_noise(3, torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want_chunk = cpu.model.sample_actions(*want.model_args(), noise=noise, num_steps=2)
+    with emulated_device() as device:
+        policy = make_tiny_policy(INSTRUCTIONS, norm_stats=STATS, seed=0, image_size=56, num_inference_steps=2, device=device)
+        got = policy.prepare_batch(observations, instructions)
+        tensors = [*got.images, *got.image_masks, got.tokens, got.token_masks, got.state, got.raw_state]
+        assert all(is_emulated(t) for t in tensors)
+        with torch.no_grad():  # (the emulation's tensor subclass does not support inference mode)
+            chunk = FastSampler(policy.model, "none").sample(*got.model_args(), noise.to(device), 2)  # padded to 4
+        assert is_emulated(chunk)
+        got_cpu = [t.cpu() for t in tensors]
+        chunk = chunk.cpu()
+    for a, b in zip(got_cpu, [*want.images, *want.image_masks, want.tokens, want.token_masks, want.state, want.raw_state]):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(chunk, want_chunk, rtol=0, atol=1e-5)
