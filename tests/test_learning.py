@@ -46,7 +46,9 @@ def bc_checkpoint(tmp_path_factory) -> Path:
     return directory
 
 
-@pytest.mark.parametrize("optimizer, min_lift", [("ppo", 0.25), ("cfg", 0.10)])
+# PPO's lift depends on the CPU's float rounding (+28.3 and +21.6 points on two machines, same code and seed; +16.7
+# to +28.3 over three seeds): at least 15 points. CFG: +24 on both machines, +8 to +24 over seeds (docs/TRAINING.md).
+@pytest.mark.parametrize("optimizer, min_lift", [("ppo", 0.15), ("cfg", 0.10)])
 def test_rl_raises_success(bc_checkpoint, tmp_path, optimizer, min_lift):
     output_dir = tmp_path / optimizer
     cfg = load_config(DEMO_CONFIG, [f"policy.checkpoint_path={bc_checkpoint}", f"train.output_dir={output_dir}",
