@@ -87,6 +87,8 @@ def main() -> int:
         f"✅ one RIPT iteration in {time.perf_counter() - started:.0f} s: {m['rollout/episodes']} rollouts "
         f"(success {m['rollout/success_rate']:.2f}), {m['update/optimizer_steps']} update(s), loss {m['update/loss']:.4g}, "
         f"checkpoint {checkpoint}"
+        + (f"; peak GPU memory {m['memory/rollout_peak_gib']:.1f} GiB rolling out, {m['memory/update_peak_gib']:.1f} GiB updating"
+           if "memory/update_peak_gib" in m else "")
     )
     return 0
 
