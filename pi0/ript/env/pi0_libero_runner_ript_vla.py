@@ -67,11 +67,10 @@ class PI0LiberoRunner(RunnerBase):
         # Overlapped inference: one background thread runs the policy (one model, one call at a time). Why a thread:
         # a synchronous call blocks this loop, so a worker finishing a step during the call could not get its next
         # queued action before the call ends (measured in docs/PERFORMANCE.md: with a 200 ms policy that cost most of
-        # the overlap). The thread writes a byte to `_wake` when done so `wait()` on the workers also wakes for it.
+        # the overlap). A byte goes to `_wake` once a call's future is done, so `wait()` on the workers also wakes for it.
         self._executor: ThreadPoolExecutor | None = None
         self._wake_r, self._wake_w = None, None
         self._inflight: tuple[Future, list[_Slot]] | None = None
-        self._woken = False
         # Which envs an overlapped call takes, and when (see _next_batch): measured chunk and call times, when each
         # waiting env started waiting, when each env got its chunk, and when the model last became free.
         self.schedule = GroupSchedule(int(self.cfg.runner.inference_groups))
@@ -155,7 +154,7 @@ class PI0LiberoRunner(RunnerBase):
                     self._note_waiting(waiting)  # lock-step: held until no worker is mid-step
             finished_cleanly = True
         finally:
-            self._inflight, self._woken = None, False  # a call still running only touches this abandoned run's episodes
+            self._inflight = None  # a call still running only touches this abandoned run's episodes
             self._waiting_since.clear()
             self._chunk_delivered.clear()
             self._launch_deadline = None
@@ -283,22 +282,22 @@ class PI0LiberoRunner(RunnerBase):
 
         def call():
             started = time.monotonic()
-            try:
-                self._infer(episodes)  # touches only these episodes and the "inference" timer
-                self.schedule.observe_call(len(episodes), time.monotonic() - started)
-            finally:
-                wake_w.send_bytes(b"1")
+            self._infer(episodes)  # touches only these episodes and the "inference" timer
+            self.schedule.observe_call(len(episodes), time.monotonic() - started)
 
-        self._inflight = (self._executor.submit(call), slots)
+        future = self._executor.submit(call)
+        # The wake-up is sent once the future is done (a callback, not the call's last line): a byte that arrived
+        # before `done()` turned true was once taken for the end of the *next* call, whose result() then blocked this
+        # loop for that call's whole duration, every worker idle (on the emulated H200 box: steps of 180 ms, not 31).
+        future.add_done_callback(lambda _: wake_w.send_bytes(b"1"))
+        self._inflight = (future, slots)
 
     def _finish_inference(self, pending: deque, want_frames: bool) -> Iterator[Episode]:
-        if self._inflight is None or not (self._woken or self._inflight[0].done()):
-            return
+        if self._inflight is None or not self._inflight[0].done():
+            return  # a wake-up byte only means "look": the future decides
         future, slots = self._inflight
-        self._inflight, self._woken = None, False
-        # The thread wakes us just before its future is marked done, so wait the last instant here; result()
-        # re-raises a policy error in the loop, as the synchronous path would.
-        future.result()
+        self._inflight = None
+        future.result()  # re-raises a policy error in the loop, as the synchronous path would
         delivered = time.monotonic()
         self._model_free_since = delivered
         for slot in slots:
@@ -322,8 +321,7 @@ class PI0LiberoRunner(RunnerBase):
         self.stats.seconds["waiting_on_workers"] += time.perf_counter() - started
         if inferring and self._wake_r in ready:
             while self._wake_r.poll():
-                self._wake_r.recv_bytes()
-            self._woken = True  # the call is done (or about to be); _finish_inference takes its result
+                self._wake_r.recv_bytes()  # _finish_inference takes the result if the call is done
         for slot in busy:
             if slot.worker.conn in ready:
                 command = slot.worker.pending
