@@ -28,18 +28,21 @@ mistakes above (a draw on `meta` with a CPU generator, a CPU tensor indexed with
 - serialization: `torch.save` of an `EmulatedTensor` records its data as living on the device; `torch.load` puts it
   back on the device inside the emulation, onto the CPU with `map_location="cpu"`, and outside the emulation without
   a `map_location` raises, like loading a CUDA tensor on a machine without CUDA;
-- torch has no autocast for `meta`: inside the emulation `torch.autocast("meta", ...)` is the CPU's autocast (the
-  numbers are computed on the CPU).
+- backward passes see the emulation too (activation checkpointing's recomputation included); torch has no autocast
+  for `meta`: `torch.autocast("meta", enabled=False)` is a no-op, enabled autocast is refused (not emulated).
 
 Every op computes with the CPU's kernels, so "same seed, same samples on the CPU and on the device" is exact here (a
 GPU matches up to floating point); `scaled_dot_product_attention`, which torch routes by device type, is sent to the
 CPU's kernel for that reason. Not emulated: streams, asynchronous execution, memory limits, CUDA-only kernels or
-dtypes, GPU numerics, other threads (the modes are per thread: call the policy from the test's thread).
+dtypes, GPU numerics, other threads (the modes are per thread: call the policy from the test's thread). Code that
+uses `meta` for its own purpose (deferred initialisation, e.g. pi0.model.checkpoint.load_model) must run outside the
+emulation: load on the CPU, then move the model onto the device.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 import warnings
 import weakref
@@ -309,6 +312,8 @@ class _HostSide(TorchFunctionMode):
         return self._handle(func, args, kwargs)
 
     def _handle(self, func, args: tuple, kwargs: dict) -> Any:
+        if func in (torch.Tensor.backward, torch.autograd.backward, torch.autograd.grad):
+            return self._autograd(func, args, kwargs)
         if func in (torch.tensor, torch.as_tensor, torch.asarray, torch.Tensor.new_tensor):
             made = self._construct(func, args, kwargs)
             if made is not None:
@@ -325,6 +330,25 @@ class _HostSide(TorchFunctionMode):
                 args, kwargs = pytree.tree_map_only(torch.Tensor, to_cpu, (args, kwargs))
                 return func(*args, **kwargs).to(DEVICE)
         return func(*args, **kwargs)
+
+    def _autograd(self, func, args: tuple, kwargs: dict) -> Any:
+        """torch switches this mode off for the whole of a call it intercepts, but a backward pass runs Python too
+        (activation checkpointing recomputes the forward there), which must see the mode. So the autograd entry runs
+        with the mode back on, past its own torch-function check (which would only lead back here)."""
+        if func is torch.Tensor.backward:
+            bound = inspect.signature(torch.Tensor.backward).bind(*args, **kwargs)
+            bound.apply_defaults()
+            a = bound.arguments
+            func, args = torch.autograd.backward, (a["self"],)
+            kwargs = {"grad_tensors": a["gradient"], "retain_graph": a["retain_graph"], "create_graph": a["create_graph"],
+                      "inputs": a["inputs"]}
+        saved = torch.autograd.has_torch_function
+        torch.autograd.has_torch_function = lambda *_: False
+        try:
+            with self:
+                return func(*args, **kwargs)
+        finally:
+            torch.autograd.has_torch_function = saved
 
     @staticmethod
     def _construct(func, args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -409,10 +433,16 @@ torch.serialization.add_safe_globals([_rebuild])
 
 
 class _EmulatedAutocast(torch.autocast):
-    """torch has no autocast for `meta`: on the emulated device it is the CPU's (the numbers are computed there)."""
+    """torch has no autocast for `meta`. Disabled (fp32, the default), `torch.autocast("meta", enabled=False)` is a
+    no-op as on CUDA. Enabled, it is refused: torch would only reach the CPU ops underneath, casting decomposed ops one
+    by one rather than CUDA's (e.g. `linear` as a whole), which mixes dtypes where CUDA does not."""
 
-    def __init__(self, device_type: str, *args, **kwargs):
-        super().__init__("cpu" if device_type == DEVICE.type else device_type, *args, **kwargs)
+    def __init__(self, device_type: str, dtype: torch.dtype | None = None, enabled: bool = True, cache_enabled: bool | None = None):
+        if device_type == DEVICE.type:
+            if enabled:
+                raise NotImplementedError("emulated_device: autocast on the emulated device is not emulated; test mixed precision on the CPU")
+            device_type = "cpu"
+        super().__init__(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
 
 
 @contextlib.contextmanager

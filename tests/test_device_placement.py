@@ -4,8 +4,12 @@ indices and device draws from a CPU generator raise, as they do on a GPU).
 
 For PPO and CFG: the rollout (`predict_chunks`, as the runner calls it) and one update step (rescoring / the
 conditioned loss, backward, AdamW, as the trainer's update does it) run on the device and give exactly the CPU's
-numbers for the same seed; everything the RL policy owns, and its frozen copies, live on the device; checkpoints
-written on the device load onto the CPU and back, and training continues identically.
+numbers for the same seed; everything the RL policy owns, and its frozen copies, live on the device; plain pi0
+sampling (evaluation) gives the CPU's chunks; checkpoints move between the CPU and the device and training continues
+identically; and `trainer.train` itself runs an iteration on the device that the CPU resumes exactly.
+On the code before the GPU fix (c0d3ea2) these fail with the two crashes seen on an H200: "Expected a 'meta'
+device type for generator but found 'cpu'" (PPO rollout) and "indices should be either on cpu or on the same device
+as the indexed tensor (cpu)" (CFG condition embeddings).
 """
 
 from __future__ import annotations
@@ -13,18 +17,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 
-from pi0.model.policy import make_tiny_policy
+from pi0.model.policy import PI0Policy, make_tiny_policy
 from pi0.ript.algo import checkpoint as ckpt
+from pi0.ript.algo import trainer
+from pi0.ript.algo.bc import collect_demonstrations, make_reach_policy
 from pi0.ript.algo.cfg import NULL, condition_labels
 from pi0.ript.algo.flow_sde import stochastic_steps
 from pi0.ript.algo.ppo import ppo_loss
 from pi0.ript.algo.rl_policy import RLPolicy
+from pi0.ript.config.schema import load_config
+from pi0.ript.env.reach_sim import ReachEnvSpec
 from tests.emulated_device import DEVICE, emulated_device, is_emulated
 from tests.pi0_fixtures import INSTRUCTIONS, make_obs, one_thread
 
@@ -280,24 +290,77 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
 
 
-def test_checkpoint_written_on_the_device_resumes_on_the_cpu_and_back(tmp_path):
-    kind = "cfg"  # both heads' kinds of state: the condition embeddings (a parameter) and the fixed noise scale (a buffer)
+def test_checkpoint_written_on_the_cpu_resumes_on_the_device_and_back(tmp_path):
+    kind = "cfg"  # both kinds of RL head state: the condition embeddings (a parameter), the fixed noise scale (a buffer)
+    rl, optimizer = make_rl(kind, "cpu"), None
+    optimizer = make_optimizer(rl)
+    step(rl, optimizer)
+    found = save(rl, optimizer, tmp_path / "cpu_run", 0)
+    cpu_next = step(rl, optimizer)  # the run that was not interrupted: its next step
     with emulated_device() as device:
-        rl, optimizer = make_rl(kind, device), None
-        optimizer = make_optimizer(rl)
-        saved = step(rl, optimizer)
-        found = save(rl, optimizer, tmp_path / "gpu_run", 0)
-        on_device_next = step(rl, optimizer)  # the run that was not interrupted: its next step
-    # Resumed on the CPU: the same weights, optimizer moments and rollout RNG, so the same next step.
-    rl_cpu, optimizer_cpu = resume(kind, "cpu", found)
-    assert misplaced(rl_cpu, torch.device("cpu")) == [] and optimizer_misplaced(optimizer_cpu) == []
-    assert_same({k: v.detach() for k, v in rl_cpu.state_dict().items()}, saved)
-    assert_same(step(rl_cpu, optimizer_cpu), on_device_next)
-    # ... and from the CPU back onto the device.
-    found_cpu = save(rl_cpu, optimizer_cpu, tmp_path / "cpu_run", 1)
-    cpu_next = step(rl_cpu, optimizer_cpu)
-    with emulated_device() as device:
-        rl_dev, optimizer_dev = resume(kind, device, found_cpu)
+        # Resumed on the device: the same weights, optimizer moments and rollout RNG, so the same next step.
+        rl_dev, optimizer_dev = resume(kind, device, found)
         assert misplaced(rl_dev, device) == [] and optimizer_misplaced(optimizer_dev) == []
         assert optimizer_dev.state, "the optimizer state was restored"
         assert_same(step(rl_dev, optimizer_dev), cpu_next)
+        found_dev = save(rl_dev, optimizer_dev, tmp_path / "gpu_run", 1)
+        saved = {k: v.detach().cpu() for k, v in rl_dev.state_dict().items()}
+        moments = [s["exp_avg"].cpu() for s in optimizer_dev.state.values()]
+    # ... and written on the device, loaded back on the CPU (the trainer's resume from a GPU run is tested below).
+    rl_cpu, optimizer_cpu = resume(kind, "cpu", found_dev)
+    assert misplaced(rl_cpu, torch.device("cpu")) == [] and optimizer_misplaced(optimizer_cpu) == []
+    assert_same({k: v.detach() for k, v in rl_cpu.state_dict().items()}, saved)
+    for loaded, moment in zip([s["exp_avg"] for s in optimizer_cpu.state.values()], moments, strict=True):
+        assert type(loaded) is torch.Tensor and torch.equal(loaded, moment)
+
+
+# --- the trainer itself: one iteration on the device, resumed on the CPU ------------------------------------------
+MAKE_RL_POLICY = trainer.make_rl_policy
+
+
+def reach_cfg(policy_dir, output_dir, iterations: int):
+    return load_config(None, [
+        "task.benchmark_name=reach", f"task.image_size={IMAGE_SIZE}", "task.num_wait_steps=0", "task.max_episode_length=10",
+        "task.replan_steps=4", "features.use_ript_vla_runner=false", f"policy.checkpoint_path={policy_dir}", "policy.device=cpu",
+        "algo.optimizer=cfg", "algo.rollouts_per_env=2", "algo.num_contexts=2", "algo.num_denoise_steps=3",
+        "algo.dynamic_sampling=false", "algo.num_minibatches=2", "algo.update_epochs=1", "algo.kl_coef=0.05",
+        f"train.num_iterations={iterations}", "train.learning_rate=1e-3", "train.checkpoint_every=1", "train.progress=false",
+        f"train.output_dir={output_dir}",
+    ])
+
+
+def run_trainer(monkeypatch, cfg, device: torch.device, start: PI0Policy, resume: bool = False) -> RLPolicy:
+    """`train` with its device set to `device`. The pi0 weights come from `start` (loaded on the CPU beforehand:
+    pi0's loader builds the model on `meta`, which the emulation occupies) and move to `device` as PI0Policy does."""
+    monkeypatch.setattr(trainer, "setup_distributed", lambda *args, **kwargs: (0, 1, device))
+    made: list[RLPolicy] = []
+    monkeypatch.setattr(trainer, "make_rl_policy", lambda *args, **kwargs: made.append(MAKE_RL_POLICY(*args, **kwargs)) or made[-1])
+    monkeypatch.setattr(PI0Policy, "from_pretrained", classmethod(
+        lambda cls, directory, device=None, **kwargs: PI0Policy(
+            copy.deepcopy(start.model), start.tokenizer, start.norm_stats, device=device, **kwargs)
+    ))
+    trainer.train(cfg, resume=resume)
+    return made[0]
+
+
+def history(output_dir) -> list[dict]:
+    lines = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    skip = ("time/", "per_second", "memory", "peak")
+    return [{k: v for k, v in m.items() if not any(s in k for s in skip)} for m in lines]
+
+
+def test_trainer_iteration_on_the_device_resumes_on_the_cpu_exactly(tmp_path, monkeypatch):
+    """CFG with a KL reference and the rollout anchor: an iteration on the device, then the next on the CPU from its
+    checkpoint, gives the same metrics and weights as two iterations on the CPU."""
+    demos = collect_demonstrations(ReachEnvSpec(image_size=IMAGE_SIZE), range(2), range(1), CHUNK, 10)
+    make_reach_policy(demos, IMAGE_SIZE, CHUNK, seed=0).save_pretrained(tmp_path / "policy")
+    start = PI0Policy.from_pretrained(tmp_path / "policy", device="cpu")
+    cpu = torch.device("cpu")
+    run_trainer(monkeypatch, reach_cfg(tmp_path / "policy", tmp_path / "cpu", 2), cpu, start)
+    with emulated_device() as device:
+        rl = run_trainer(monkeypatch, reach_cfg(tmp_path / "policy", tmp_path / "moved", 1), device, start)
+        assert misplaced(rl, device) == []
+    run_trainer(monkeypatch, reach_cfg(tmp_path / "policy", tmp_path / "moved", 2), cpu, start, resume=True)
+    assert len(history(tmp_path / "cpu")) == 2 and history(tmp_path / "moved") == history(tmp_path / "cpu")
+    assert_same(load_file(ckpt.latest_checkpoint(tmp_path / "moved") / "rl_state.safetensors"),
+                load_file(ckpt.latest_checkpoint(tmp_path / "cpu") / "rl_state.safetensors"))
