@@ -586,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result, indent=2))
     if dist.is_initialized():
+        barrier()  # every rank done before any tears the group down (a rank leaving early aborted its peer's gloo threads)
         dist.destroy_process_group()
     return 0
 
