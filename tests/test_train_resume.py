@@ -115,3 +115,15 @@ def test_sigkill_during_checkpoint_write_keeps_last_good_one(policy_dir, tmp_pat
     assert resumed["iteration"] == 1
     assert ckpt.latest_checkpoint(output_dir).name == "iter_000001"
     assert not list((output_dir / "checkpoints").glob("*.tmp"))
+
+
+def test_debug_mode_narrows_training_like_the_runner(policy_dir, tmp_path):
+    """test.debug_mode=true: the trainer draws contexts from the first task only and runs 30-step episodes, the same
+    view the runner and the eval get (the trainer used to draw from every task while the runner ran one)."""
+    output_dir = tmp_path / "debug"
+    cfg = load_config(None, overrides(policy_dir, output_dir, 1, "ppo", "test.debug_mode=true", "task.max_episode_length=80"))
+    train(cfg)
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.load(ckpt.latest_checkpoint(output_dir) / "config.yaml")
+    assert list(saved.task.task_ids) == [0] and saved.task.max_episode_length == 30
