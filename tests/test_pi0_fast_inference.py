@@ -228,3 +228,15 @@ def test_batched_preprocessing_and_padded_sampling_on_an_emulated_accelerator_ma
     for a, b in zip(got_cpu, [*want.images, *want.image_masks, want.tokens, want.token_masks, want.state, want.raw_state]):
         assert torch.equal(a, b)
     torch.testing.assert_close(chunk, want_chunk, rtol=0, atol=1e-5)
+
+
+def test_pil_kernel_spreads_over_torch_threads_with_the_same_pixels():
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (64, 48, 3), dtype=np.uint8) for _ in range(5)]
+    one = BatchImages(56, "pil")(images, "cpu", torch.float32)
+    torch.set_num_threads(3)  # the one_thread fixture restores it
+    from pi0.model import batch_transforms
+
+    three = BatchImages(56, "pil")(images, "cpu", torch.float32)
+    assert batch_transforms._pool is not None and batch_transforms._pool_size >= 3
+    assert torch.equal(one, three)
