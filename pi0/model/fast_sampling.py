@@ -13,6 +13,10 @@ the prefix length (`PI0Model.embed_prefix` drops a slot masked out in every samp
 The model's own methods are composed, not rewritten: `compute_prefix_cache` for the prefix, `integrate` (hence
 `velocity`) for the loop, so training code that calls them with gradients is untouched, and the eager path
 (`compile="none"`, CPU debugging) runs exactly the same code. Mode "none" here still pads (to test the padding).
+
+One graph break remains: `embed_prefix` asks `bool(mask.any())` of each image slot (to drop absent slots), which
+dynamo cannot trace, so the prefix compiles in pieces (the image embedding, then the language layers) with that test
+run eagerly between them: three small host syncs per call on a GPU.
 """
 
 from __future__ import annotations
