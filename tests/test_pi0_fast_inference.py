@@ -240,3 +240,19 @@ def test_pil_kernel_spreads_over_torch_threads_with_the_same_pixels():
     three = BatchImages(56, "pil")(images, "cpu", torch.float32)
     assert batch_transforms._pool is not None and batch_transforms._pool_size >= 3
     assert torch.equal(one, three)
+
+
+def test_bench_model_preprocess_only_on_the_meta_device(tmp_path, capsys):
+    from pi0.model.bench import main
+
+    out = tmp_path / "prep.json"
+    argv = ["--preprocess-only", "--device", "meta", "--batch-sizes", "2", "--repeats", "1", "--image-size", "56"]
+    assert main(argv + ["--preprocess", "per_sample", "batched", "--out", str(out)]) == 0
+    assert "meta device (no arithmetic)" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["preprocess"], r["batch"]) for r in rows] == [("per_sample", 2), ("batched", 2)]
+    assert all(r["preprocess_ms"] > 0 for r in rows)
+    for bad in (["--device", "meta"], ["--preprocess-only", "--compile", "default"]):
+        with pytest.raises(SystemExit) as exc:
+            main(bad)
+        assert exc.value.code == 2

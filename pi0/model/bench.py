@@ -7,6 +7,10 @@ Compiled modes first compile every bucket the batch sizes fall in; the time of t
 
 The model has random weights: `--size tiny` (the test model) or `--size full` (`PI0Config.full()`, 3.3 B parameters),
 built directly on the target device in the target dtype. Images are synthetic uint8 camera frames, two per sample.
+
+`--preprocess-only` times `prepare_batch` alone. With `--device meta` (no data, no arithmetic: a stand-in accelerator
+on a CPU-only machine) it shows what preprocessing costs the host when the image arithmetic runs on a device; meta's
+shape bookkeeping runs in Python, so this overstates the host's share, and the host-to-device copy is left out.
 """
 
 from __future__ import annotations
@@ -147,10 +151,34 @@ def print_rows(rows: list[dict], peak_label: str, by: str = "batch") -> None:
         )
 
 
+def _preprocess_only(policies: Sequence[PI0Policy], observations: list[dict], a: argparse.Namespace, settings: dict, machine: dict) -> int:
+    """`prepare_batch` alone, the preprocessing paths timed in turn, call by call."""
+    results = []
+    print(f"\n{'batch':>6} " + " ".join(f"{p.preprocess + ' ms':>16}" for p in policies))
+    for b in a.batch_sizes:
+        obs, prompts = observations[:b], [BENCH_INSTRUCTIONS[i % 2] for i in range(b)]
+        times: list[list[float]] = [[] for _ in policies]
+        for policy in policies:
+            policy.prepare_batch(obs, prompts)  # warm-up: token cache, coefficient tables
+        for _ in range(a.repeats):
+            for i, policy in enumerate(policies):
+                times[i].append(_time_ms(lambda: policy.prepare_batch(obs, prompts), policy.device))
+        medians = [statistics.median(t) for t in times]
+        results += [{"preprocess": p.preprocess, "batch": b, "preprocess_ms": m} for p, m in zip(policies, medians)]
+        print(f"{b:>6} " + " ".join(f"{m:>16.1f}" for m in medians))
+    settings["load_average_end"] = os.getloadavg()
+    print(f"load average (1 min) at the start / end: {settings['load_average_start'][0]:.2f} / {settings['load_average_end'][0]:.2f}")
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps({"machine": machine, "settings": {**settings, "preprocess_only": True}, "results": results}, indent=2) + "\n")
+        print(f"wrote {a.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pi0-ript bench model", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=("tiny", "full"), default="tiny", help="tiny test model or full pi0 (random weights)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, auto (cuda if available); meta with --preprocess-only")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["none"], help="sampling modes to compare")
     p.add_argument("--preprocess", nargs="+", choices=PREPROCESS_MODES, default=["batched"], help="preprocessing paths to compare")
@@ -160,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=112, help="model image size of the tiny config (full: 224)")
     p.add_argument("--env-image-size", type=int, default=None, help="camera image size (default: 128 tiny, 256 full)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads on a CPU (0 = torch default)")
+    p.add_argument("--preprocess-only", action="store_true", help="time prepare_batch alone (see the module doc)")
     p.add_argument("--out", type=Path, default=None, help="write the results and the machine as JSON")
     a = p.parse_args(argv)
 
@@ -169,8 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = torch.device(a.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             p.error(f"--device {a.device}: no CUDA device is visible; use --device cpu or auto")
-        if device.type not in ("cpu", "cuda"):
-            p.error(f"--device {a.device}: use cpu, cuda, cuda:N or auto")
+        if device.type not in ("cpu", "cuda") and not (device.type == "meta" and a.preprocess_only):
+            p.error(f"--device {a.device}: use cpu, cuda, cuda:N or auto (meta only with --preprocess-only)")
+    if a.preprocess_only and a.compile != ["none"]:
+        p.error("--preprocess-only times prepare_batch, which does not depend on --compile: leave --compile out")
     if min(a.batch_sizes) < 1 or a.repeats < 1 or a.num_steps < 1:
         p.error("--batch-sizes, --repeats and --num-steps must be >= 1")
     if a.threads:
@@ -185,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_info(device)
     params = sum(t.numel() for t in model.parameters())
     where = f"{machine['gpu']}" if machine["gpu"] else f"CPU, {machine['cpu_cores_usable']} cores, {torch.get_num_threads()} thread(s)"
+    if device.type == "meta":
+        where = f"meta device (no arithmetic) on a {where}"
     print(
         f"pi0 {a.size} ({params / 1e6:.1f} M parameters, random weights, built in {build_s:.1f} s), {where}, {a.dtype}, "
         f"torch {torch.__version__}; {model.config.image_size} px model images from two {camera} px cameras, "
@@ -207,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     compile_times: dict[str, dict[int, float]] = {}
     # Batch size by batch size, each bucket compiled just before it is timed, the JSON rewritten after each: a run
     # killed by a time limit (long compilations of the full model) keeps every batch size it finished.
+    if a.preprocess_only:
+        return _preprocess_only(policies, observations, a, settings, machine)
     for b in a.batch_sizes:
         for policy in policies:
             for (bucket, _, _), seconds in policy.warmup([b]).items():
