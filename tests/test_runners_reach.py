@@ -298,3 +298,33 @@ def test_group_schedule_gives_the_same_episodes_and_caps_each_call_at_one_group(
         if name == "chosen":
             assert fit is not None, runner.schedule.calls.mean_seconds  # probed a second batch size
     assert signatures["lockstep"] == signatures["three_groups"] == signatures["chosen"]
+
+
+def test_a_stale_wake_up_never_blocks_the_loop_on_a_running_call():
+    """A wake-up byte left over from an earlier call must not be taken for the end of the call now running: the loop
+    would block in result() for that call's whole duration with every worker idle (found on the emulated GPU box)."""
+    import multiprocessing as mp
+    from collections import deque
+    from concurrent.futures import Future
+
+    runner = PI0LiberoRunner(POLICY, config=reach_config())  # no worker is started: only the wake-up path runs
+    runner._wake_r, runner._wake_w = mp.Pipe(duplex=False)
+    running = Future()  # the call in flight
+    runner._inflight = (running, [])
+    runner._wake_w.send_bytes(b"1")  # stale: sent by the call before
+    try:
+        list(runner._collect_replies(deque(), False))  # wakes for the byte and reads it
+        outcome = []
+        checker = threading.Thread(target=lambda: outcome.append(list(runner._finish_inference(deque(), False))), daemon=True)
+        checker.start()
+        checker.join(10)
+        assert outcome == [[]], "the loop blocked on a call that is still running"
+        assert runner._inflight is not None
+        running.set_result(None)  # now the call is done: the loop takes it
+        list(runner._finish_inference(deque(), False))
+        assert runner._inflight is None
+    finally:
+        if not running.done():
+            running.set_result(None)  # frees a blocked loop, if the check above failed
+        runner._wake_r.close()
+        runner._wake_w.close()
