@@ -22,6 +22,20 @@ def test_import_check():
 def test_config_check():
     result = _run([sys.executable, "-c", "from omegaconf import OmegaConf; print('✅ 配置加载:', OmegaConf.load('pi0/ript/config/ript_vla_test.yaml').features.use_ript_vla_runner)"])
     assert result.returncode == 0 and result.stdout.strip() == "✅ 配置加载: True", result.stderr
+    # The guide's check reads the YAML alone; what a run uses is that YAML through the project's schema (defaults,
+    # types, validation) and the factory that picks the runner from it: the same file must give the parallel runner.
+    from pi0.ript.config.schema import load_config
+    from pi0.ript.env import create_env_runner
+    from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner
+    from pi0.ript.policy.small_policy import SmallPolicy
+
+    config = load_config(f"{REPO_ROOT}/pi0/ript/config/ript_vla_test.yaml")
+    assert config.features.use_ript_vla_runner is True and config.task.num_parallel_envs >= 2
+    runner = create_env_runner(config, SmallPolicy(seed=0), rank=0, world_size=1)
+    try:
+        assert isinstance(runner, PI0LiberoRunner) and runner.num_parallel_envs == config.task.num_parallel_envs
+    finally:
+        runner.close()
 
 
 @pytest.mark.libero
