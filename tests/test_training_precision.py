@@ -153,3 +153,29 @@ def test_bad_train_keys(overrides, expected, capsys, tmp_path):
     assert code == 2, err
     assert len(lines) == 1 and expected in lines[0], err
     assert not (tmp_path / "checkpoints").exists()  # refused before anything was written
+
+
+def test_out_of_memory_during_the_update_names_what_to_lower(monkeypatch, capsys, tmp_path):
+    """A CUDA OOM in the update (raised here on a CPU run) ends `pi0-ript train` with one line and exit code 2,
+    naming the keys that lower training memory."""
+    from conftest import REPO_ROOT
+    from pi0.ript.algo.bc import collect_demonstrations, make_reach_policy
+    from pi0.ript.cli import main
+    from pi0.ript.env.reach_sim import ReachEnvSpec
+
+    policy_dir = tmp_path / "policy"
+    make_reach_policy(collect_demonstrations(ReachEnvSpec(image_size=28), range(2), range(2), 5, 10), 28, 5, seed=0).save_pretrained(policy_dir)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(RLPolicy, "chain_log_prob", out_of_memory)
+    code = main(["train", "--config", f"{REPO_ROOT}/pi0/ript/config/learning_demo.yaml", f"policy.checkpoint_path={policy_dir}",
+                 f"train.output_dir={tmp_path / 'run'}", "task.image_size=28", "task.max_episode_length=5",
+                 "algo.num_contexts=1", "algo.rollouts_per_env=2", "algo.dynamic_sampling=false", "algo.num_denoise_steps=2",
+                 "train.eval_at_start=false", "train.eval_every=0", "train.progress=false", "algo.reward=total_reward"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1, err
+    for key in ("algo.num_minibatches", "train.activation_checkpointing", "train.expert_only", "train.strategy=fsdp"):
+        assert key in lines[0], lines[0]
