@@ -159,3 +159,20 @@ def test_robustness_runs_the_clean_suite_and_its_perturbations_into_one_results_
     again = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("1 episodes already") == 5  # every suite resumed, nothing ran twice
+
+
+@pytest.mark.libero
+@pytest.mark.timeout(180)
+def test_a_failing_fast_reset_snapshot_is_an_error_not_a_hang(monkeypatch):
+    # LIBERO's reset loop swallows every exception and retries; MuJoCo 2.3.7 (the [compatible] stack) has no
+    # mj_copyData, which made the snapshot raise there on every retry: an endless reset.
+    from pi0.ript.env import libero_sim
+    from pi0.ript.env.libero_sim import LiberoEnvSpec
+
+    def capture_without_mj_copydata(env):
+        raise AttributeError("module 'mujoco' has no attribute 'mj_copyData'")
+
+    monkeypatch.setattr(libero_sim.ResetSnapshot, "capture", staticmethod(capture_without_mj_copydata))
+    with LiberoEnvSpec(benchmark_name="libero_spatial", image_size=64, fast_render=True, num_wait_steps=0).make() as sim:
+        with pytest.raises(RuntimeError, match=r"fast reset failed \(AttributeError: .*mj_copyData'\) with mujoco .*: set task.fast_reset=false"):
+            sim.reset(0, 0)

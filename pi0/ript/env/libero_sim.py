@@ -198,6 +198,12 @@ def _episode_seed(seed: int, task_id: int, index: int | None, state: np.ndarray)
     return int(np.random.SeedSequence([seed, task_id, 0 if index is not None else 1, key]).generate_state(1)[0])
 
 
+def _mujoco_version() -> str:
+    import mujoco
+
+    return mujoco.__version__
+
+
 def _close_at_exit(ref: weakref.ref) -> None:
     # robosuite's EGL context destructors print EGLError tracebacks when they run during interpreter teardown;
     # closing the env before that keeps exit quiet even when a caller forgot close().
@@ -221,6 +227,7 @@ class LiberoSim:
         self._n_cameras = 2  # LIBERO's agentview + eye-in-hand; set from the env at build
         self._last_obs: Observation | None = None  # observation of the current step, when it was rendered
         self._pending: str | None = None  # what the _reset_internal hook does: "capture", "restore" or nothing
+        self._hook_error: Exception | None = None  # raised by the hook inside LIBERO's reset, re-raised after it
         self._episode_seed = 0
         self._reset_attempts = 0
         self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
@@ -253,10 +260,17 @@ class LiberoSim:
 
         @functools.wraps(original)
         def reset_internal():
-            if self._pending == "capture":
-                self._snapshot = ResetSnapshot.capture(env)
-            elif self._pending == "restore":
-                self._snapshot.restore(env)
+            # LIBERO's reset retries in a `while` whose `finally: continue` swallows every exception, so one raised
+            # here would loop forever (seen: MuJoCo 2.3.7 has no mj_copyData). Keep it, let the retry run without the
+            # hook, and raise it once LIBERO's reset returns.
+            try:
+                if self._pending == "capture":
+                    self._snapshot = ResetSnapshot.capture(env)
+                elif self._pending == "restore":
+                    self._snapshot.restore(env)
+            except Exception as exc:
+                self._hook_error, self._pending = exc, None
+                raise
             # LIBERO's samplers draw fixture jitter and articulated-object joints from numpy's global RNG: seed it per
             # episode, so an episode depends on (seed, task, init state) only, not on what ran before in this process
             # (the parallel runner's workers run different histories) nor on the reset path. A retry after robosuite's
@@ -309,10 +323,16 @@ class LiberoSim:
         # demand only the reset's last observation is rendered: once per reset.
         self._gate.open = not on_demand
         env.hard_reset = hard
+        self._hook_error = None
         try:
             self._env.reset()
         finally:
             self._pending = None
+        if self._hook_error is not None:
+            error, self._hook_error, self._snapshot = self._hook_error, None, None
+            raise RuntimeError(
+                f"fast reset failed ({type(error).__name__}: {error}) with mujoco {_mujoco_version()}: set task.fast_reset=false"
+            ) from error
         if hard:
             # The replaced MjSim and its render context form a reference cycle; collect it now, while EGL is alive,
             # rather than at interpreter exit where its destructor prints EGLError tracebacks.
