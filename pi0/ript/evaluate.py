@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from pi0.ript.config.schema import (
+    BUILTIN_SUITES,
     LIBERO_PRO_CLEAN_SUITES,
     LIBERO_PRO_PERTURBATIONS,
     LIBERO_PRO_SUITES,
@@ -98,9 +99,8 @@ def _simulator_identity_cached(renders: bool) -> str:
 
 
 def simulator_identity(cfg: DictConfig) -> dict[str, Any]:
-    """Package versions and the rendering backend (MUJOCO_GL, and the GL vendor/renderer/version it gives)."""
-    from pi0.ript.config.schema import BUILTIN_SUITES
-
+    """Package versions and the rendering backend (MUJOCO_GL, and the GL vendor/renderer/version it gives); the
+    built-in reach task renders nothing, so it records no backend."""
     return json.loads(_simulator_identity_cached(cfg.task.benchmark_name not in BUILTIN_SUITES))
 
 
