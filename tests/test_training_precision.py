@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from pi0.model.policy import make_tiny_policy
-from pi0.ript.algo.parallel import checkpointed_parts, resolve_precision
+from pi0.ript.algo.parallel import resolve_precision
+from pi0.ript.config.algo_schema import checkpointed_parts
 from pi0.ript.algo.rl_policy import RLPolicy
 from pi0_fixtures import INSTRUCTIONS, make_obs
 

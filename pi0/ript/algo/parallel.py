@@ -70,18 +70,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16
 
 
-def checkpointed_parts(setting: str) -> tuple[str, ...]:
-    """`train.activation_checkpointing` (none | all | a comma list of vision, language, expert) -> the parts."""
-    from pi0.model.modeling import CHECKPOINTABLE_PARTS
-
-    value = setting.strip().lower()
-    if value in ("none", "false", ""):
-        return ()
-    if value in ("all", "true"):
-        return CHECKPOINTABLE_PARTS
-    return tuple(p.strip() for p in value.split(",") if p.strip())
-
-
 # --- replicated ------------------------------------------------------------------------------------------------------
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (the identity in a single process); gloo reduces CPU tensors."""

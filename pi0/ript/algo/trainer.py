@@ -52,12 +52,13 @@ from pi0.ript.algo.cfg import condition_labels
 from pi0.ript.algo.dynamic_sampling import ContextSampler, sample_groups
 from pi0.ript.algo.flow_sde import stochastic_steps
 from pi0.ript.algo.parallel import (
-    all_reduce_sum, average_gradients, barrier, checkpointed_parts, full_optimizer_state, full_tensor,
+    all_reduce_sum, average_gradients, barrier, full_optimizer_state, full_tensor,
     load_full_optimizer_state, resolve_precision, setup_distributed, shard_fsdp, sync_full_weights,
 )
 from pi0.ript.algo.ppo import ppo_loss
 from pi0.ript.algo.rl_policy import RLPolicy
 from pi0.ript.algo.rloo import rloo_advantages
+from pi0.ript.config.algo_schema import checkpointed_parts
 from pi0.ript.config.schema import ConfigError, apply_debug_mode
 from pi0.ript.env.episode import Episode, EpisodeRequest
 

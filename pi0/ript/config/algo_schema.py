@@ -86,10 +86,9 @@ class AlgoConfig:
         _require(t.dist_backend in ("auto", "gloo", "nccl"), f"train.dist_backend={t.dist_backend!r}: use auto, gloo or nccl")
         _require(t.precision in PRECISIONS, f"train.precision={t.precision!r}: use one of {', '.join(PRECISIONS)}")
         _require(t.strategy in STRATEGIES, f"train.strategy={t.strategy!r}: use one of {', '.join(STRATEGIES)}")
-        parts = str(t.activation_checkpointing).strip().lower()
-        listed = {p.strip() for p in parts.split(",") if p.strip()}
+        parts = checkpointed_parts(t.activation_checkpointing)
         _require(
-            parts in ("none", "all", "true", "false") or (listed and listed <= set(CHECKPOINTABLE_PARTS)),
+            bool(parts) or str(t.activation_checkpointing).strip().lower() in ("none", "false", ""),
             f"train.activation_checkpointing={t.activation_checkpointing!r}: use none, all, or a comma list of "
             f"{', '.join(CHECKPOINTABLE_PARTS)}",
         )
@@ -117,6 +116,18 @@ class TrainConfig:
     seed: int = 0  # seeds torch, numpy and the context sampler (each rank adds its rank)
     dist_backend: str = "auto"  # torch.distributed backend under torchrun: auto (nccl on GPUs, else gloo) | gloo | nccl
     progress: bool = True  # tqdm progress bars on the console (rank 0)
+
+
+def checkpointed_parts(setting: Any) -> tuple[str, ...]:
+    """`train.activation_checkpointing` (none | all | a comma list of vision, language, expert) -> the parts; () for
+    none, and () for any unknown part too (validation turns that into the one-line error)."""
+    value = str(setting).strip().lower()
+    if value in ("none", "false", ""):
+        return ()
+    if value in ("all", "true"):
+        return CHECKPOINTABLE_PARTS
+    listed = tuple(p.strip() for p in value.split(",") if p.strip())
+    return listed if set(listed) <= set(CHECKPOINTABLE_PARTS) else ()
 
 
 def _require(condition: bool, message: str) -> None:
