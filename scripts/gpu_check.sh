@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# The GPU check: what pi0-ript does on one GPU machine, each section under its own time limit (at most 570 s in
-# all; a cold torch.compile of the full model is most of bench_model's), every result written as it comes (a killed run still leaves the sections before it).
+# The GPU check: what pi0-ript does on one GPU machine, each section under its own time limit (at most 560 s in
+# all), every result written as it comes (a killed run still leaves the sections before it).
 #
 #   source .gpu/setup.sh && scripts/gpu_check.sh OUT_DIR          # on an offline GPU box (shared/gpu copied to .gpu/)
 #   scripts/gpu_check.sh --dry-run OUT_DIR                         # the same sections on a CPU, tiny sizes (CI runs it)
 #
 # Sections (OUT_DIR/<section>.log each, OUT_DIR/gpu_check.json the summary: exit code and seconds per section):
-#   machine       GPU, driver, torch, transformers, MuJoCo
-#   bench_model   full-size pi0 inference by batch size, bf16, eager and CUDA-graphed (ms per call, preprocessing
-#                 share, compile time, peak memory)
-#   bench_train   one RIPT iteration per variant (ppo/cfg x expert-only/full), bf16 + activation checkpointing:
-#                 time per phase, peak memory, analytic memory
-#   eval          `pi0-ript eval` on libero_spatial with a full-size random-weight pi0 in bf16, 14 workers
-#   train_fp32    the full fine-tuning peak without the memory features (fp32, no checkpointing), for comparison
+#   machine        GPU, driver, torch, transformers, MuJoCo
+#   bench_model    full-size pi0 inference by batch size, bf16, eager and CUDA-graphed (ms per call, preprocessing
+#                  share, capture time, peak memory)
+#   bench_eval     `pi0-ript eval` on libero_spatial (2 tasks x 14 full-length episodes, 14 workers, 256 px cameras)
+#                  with that model, CUDA-graphed: the all-off way against the defaults, env-steps/s and episodes/hour
+#   bench_train    one RIPT iteration per variant (ppo/cfg, full fine-tuning), bf16 + activation checkpointing:
+#                  time per phase, peak memory, analytic memory
+#   bench_compile  torch.compile (reduce-overhead) of the full model at batch 1 against eager: a cold compilation
+#                  takes minutes, so it runs last and may be cut by its limit (the dry run times eager only)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,12 +27,12 @@ summary="$out/gpu_check.json"
 echo '{}' > "$summary"
 
 if (( dry_run )); then
-  size=tiny device=cpu dtype=float32 precision=fp32 envs=1 batches="1 2" compile="none"
-  eval_extra="task.max_episode_length=6 task.image_size=64 eval.episodes_per_task=1 task.task_ids=[0]"
+  size=tiny device=cpu dtype=float32 precision=fp32 batches="1 2" graphs="none" compiled="none"
+  eval_args="--workers 1 --task-ids 0 --episodes-per-task 1 --episode-length 6 --image-size 64"
   train_extra="--workers 2 --contexts 2 --rollouts 2 --episode-length 10 --minibatches 2"
 else
-  size=full device=cuda dtype=bfloat16 precision=bf16 envs=14 batches="1 16" compile="none reduce-overhead"
-  eval_extra="task.task_ids=[0,1] eval.episodes_per_task=14"
+  size=full device=cuda dtype=bfloat16 precision=bf16 batches="1 4 16 64" graphs="none cuda-graph" compiled="none reduce-overhead"
+  eval_args="--compile cuda-graph --workers 14 --task-ids 0 1 --episodes-per-task 14 --episode-length 220 --image-size 256"
   train_extra=""
 fi
 
@@ -63,25 +65,20 @@ except ImportError as exc:
 "
 
 # shellcheck disable=SC2086
-section bench_model 180 "$python" -m pi0.ript.cli bench model --size "$size" --device "$device" --dtype "$dtype" \
-  --batch-sizes $batches --compile $compile --out "$out/bench_model.json"
+section bench_model 110 "$python" -m pi0.ript.cli bench model --size "$size" --device "$device" --dtype "$dtype" \
+  --batch-sizes $batches --compile $graphs --out "$out/bench_model.json"
 
 # shellcheck disable=SC2086
-section bench_train 150 "$python" -m pi0.ript.cli bench train --size "$size" --device "$device" --precision "$precision" \
-  --activation-checkpointing all --variants ppo-full,cfg-full,ppo-expert --timeout 48 $train_extra --out "$out/bench_train.json"
-
-section random_checkpoint 50 "$python" scripts/make_random_pi0.py --size "$size" --dtype "$dtype" --device "$device" \
-  --out "$out/pi0_random"
+section bench_eval 190 "$python" -m pi0.ript.cli bench eval --size "$size" --device "$device" --dtype "$dtype" \
+  --settings all-off,defaults $eval_args --out "$out/bench_eval.json"
 
 # shellcheck disable=SC2086
-section eval 110 "$python" -m pi0.ript.cli eval --config pi0/ript/config/ript_vla_test.yaml \
-  policy.kind=pi0 policy.checkpoint_path="$out/pi0_random" policy.device="$device" policy.dtype="$dtype" \
-  task.num_parallel_envs="$envs" eval.output_dir="$out/eval" $eval_extra
-rm -rf "$out/pi0_random"  # gigabytes of random weights: nothing to keep
+section bench_train 120 "$python" -m pi0.ript.cli bench train --size "$size" --device "$device" --precision "$precision" \
+  --activation-checkpointing all --variants ppo-full,cfg-full --timeout 55 $train_extra --out "$out/bench_train.json"
 
 # shellcheck disable=SC2086
-section train_fp32 60 "$python" -m pi0.ript.cli bench train --size "$size" --device "$device" --precision fp32 \
-  --activation-checkpointing none --variants ppo-full --timeout 55 $train_extra --out "$out/bench_train_fp32.json"
+section bench_compile 100 "$python" -m pi0.ript.cli bench model --size "$size" --device "$device" --dtype "$dtype" \
+  --batch-sizes 1 --compile $compiled --out "$out/bench_compile.json"
 
 cat "$summary"
 "$python" -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(any(v['exit_code'] for v in s.values()))" "$summary"

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from pi0.model.batch_transforms import BatchImages, bilinear_taps
+from torch.utils._pytree import tree_flatten
+
 from pi0.model.fast_sampling import FastSampler, bucket_size, pad_rows
 from pi0.model.normalization import NormStats
 from pi0.model.policy import make_tiny_policy
@@ -135,6 +137,81 @@ def test_compiled_sampling_matches_eager_and_reuses_its_bucket():
     assert counters["stats"]["unique_graphs"] == graphs
     torch.testing.assert_close(got4, eager.sample(inputs, noise)[0], rtol=0, atol=1e-4)
     torch.testing.assert_close(got4[:3], got, rtol=0, atol=1e-5)
+
+
+class RerunRecorder:
+    """A CPU stand-in for CudaGraphRecorder with a CUDA graph's memory semantics: the capture's outputs are fixed
+    buffers, and a replay recomputes from the static inputs and overwrites those buffers in place."""
+
+    captures = 0
+
+    def capture(self, fn):
+        RerunRecorder.captures += 1
+        self.fn = fn
+        self.output = fn()
+        return self.output
+
+    def replay(self):
+        fresh = self.fn()
+        for dst, src in zip(tree_flatten(self.output)[0], tree_flatten(fresh)[0]):
+            dst.copy_(src)
+
+
+class RefusingRecorder:
+    def capture(self, fn):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+
+def test_cuda_graph_mode_replays_one_capture_per_bucket_and_keeps_each_result():
+    """The `cuda-graph` bookkeeping on a CPU: new inputs are copied into the captured buffers (a stale buffer would
+    repeat the first chunk), a batch in the same bucket replays without a new capture, and a returned chunk survives
+    the next replay (the output buffer is reused)."""
+    eager = make_tiny_policy(INSTRUCTIONS, seed=0, image_size=56, num_inference_steps=3)
+    RerunRecorder.captures = 0
+    sampler = FastSampler(eager.model, "cuda-graph", graph_recorder=RerunRecorder)
+    a, noise_a = _inputs(eager, 3, seed=1)
+    b, noise_b = _inputs(eager, 4, seed=2)
+    with torch.inference_mode():
+        want_a = eager.model.sample_actions(*a.model_args(), noise=noise_a, num_steps=3)
+        want_b = eager.model.sample_actions(*b.model_args(), noise=noise_b, num_steps=3)
+        got_a = sampler.sample(*a.model_args(), noise_a, 3, slots_present=a.slots_present)
+        got_b = sampler.sample(*b.model_args(), noise_b, 3, slots_present=b.slots_present)  # bucket 4 again: replay
+    assert RerunRecorder.captures == 1 and list(sampler.compile_seconds) == [(4, 3, False)]
+    torch.testing.assert_close(got_a, want_a, rtol=0, atol=1e-5)  # not overwritten by the second replay
+    torch.testing.assert_close(got_b, want_b, rtol=0, atol=1e-5)  # not the first call's inputs again
+
+
+def test_a_refused_capture_samples_eagerly_and_says_why(caplog):
+    policy = make_tiny_policy(INSTRUCTIONS, seed=0, image_size=56, num_inference_steps=2)
+    sampler = FastSampler(policy.model, "cuda-graph", graph_recorder=RefusingRecorder)
+    inputs, noise = _inputs(policy, 2)
+    with torch.inference_mode():
+        want = policy.model.sample_actions(*inputs.model_args(), noise=noise, num_steps=2)
+        got = sampler.sample(*inputs.model_args(), noise, 2)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert sampler.capture_errors == {(2, 2, False): "RuntimeError: operation not permitted when stream is capturing"}
+    assert "CUDA-graph capture failed for batch bucket 2" in caplog.text
+
+
+def test_cuda_graph_mode_off_cuda_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="policy.compile=cuda-graph needs a CUDA device"):
+        make_tiny_policy(INSTRUCTIONS, compile="cuda-graph")
+
+
+def test_the_prefix_traces_as_one_graph_when_the_slots_are_known_on_the_host():
+    """The slots present come from the host (prepare_batch), so dynamo traces the prefix with no graph break (asking
+    the device masks breaks it, and costs a host sync per slot on a GPU); one Euler step traces whole too."""
+    policy = make_tiny_policy(INSTRUCTIONS, seed=0, image_size=56, num_inference_steps=2)
+    inputs, noise = _inputs(policy, 2)
+    assert inputs.slots_present == (True, True, False)
+    sampler = FastSampler(policy.model, "none")
+    prefix_args = (*inputs.model_args()[:4], inputs.slots_present)
+    assert torch._dynamo.explain(sampler._prefix_eager)(*prefix_args).graph_break_count == 0
+    asking = torch._dynamo.explain(lambda *a: policy.model.compute_prefix_cache(*a).keys)(*inputs.model_args()[:4])
+    assert asking.graph_break_count >= 1
+    keys, values, pad = sampler._prefix_eager(*prefix_args)
+    t = torch.full((2,), 0.5)
+    assert torch._dynamo.explain(sampler._velocity_eager)(keys, values, pad, inputs.state, noise, t).graph_break_count == 0
 
 
 def test_bad_compile_and_preprocess_values_name_the_key():

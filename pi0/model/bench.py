@@ -238,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     results: list[dict] = []
     compile_times: dict[str, dict[int, float]] = {}
+    capture_errors: dict[str, dict[int, str]] = {}
     # Batch size by batch size, each bucket compiled just before it is timed, the JSON rewritten after each: a run
     # killed by a time limit (long compilations of the full model) keeps every batch size it finished.
     if a.preprocess_only:
@@ -249,7 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if bucket not in compile_times.setdefault(name, {}):
                     compile_times[name][bucket] = seconds
                     print(f"compile={policy.compile} preprocess={policy.preprocess}: bucket {bucket} first call "
-                          f"(compilation + one run) {seconds:.1f} s")
+                          f"(compilation or capture + one run) {seconds:.1f} s")
+            for (bucket, _, _), reason in (policy.fast_sampler.capture_errors if policy.fast_sampler else {}).items():
+                capture_errors.setdefault(f"{policy.compile}/{policy.preprocess}", {})[bucket] = reason
+                print(f"compile={policy.compile}: capture failed for bucket {bucket}, timed eagerly: {reason}")
         rows = bench_batch(policies, observations, b, a.repeats)
         results.extend(rows)
         print(f"\nbatch {b}:")
@@ -257,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.out:
             settings["load_average_end"] = os.getloadavg()
             a.out.parent.mkdir(parents=True, exist_ok=True)
-            report = {"machine": machine, "settings": settings, "results": results, "compile_seconds": compile_times}
+            report = {"machine": machine, "settings": settings, "results": results, "compile_seconds": compile_times,
+                      "capture_errors": capture_errors}
             a.out.write_text(json.dumps(report, indent=2) + "\n")
     for policy in policies:
         print(f"\ncompile={policy.compile} preprocess={policy.preprocess}")

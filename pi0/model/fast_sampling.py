@@ -1,10 +1,16 @@
-"""Compiled pi0 sampling: the prefix pass and the Euler loop under `torch.compile`, static shapes per batch bucket.
+"""Fast pi0 sampling: the prefix pass and the Euler loop as CUDA graphs or under `torch.compile`, static shapes per
+batch bucket.
 
 Why: at small batches a pi0 call is bound by kernel launches (ten denoising steps x 18 expert layers of small
-kernels), not by arithmetic. `torch.compile` fuses the elementwise work; `mode="reduce-overhead"` also records each
-compiled piece as a CUDA graph, so a step replays as one launch. Both need fixed shapes to pay off, and the runner's
-batch changes from call to call, so a batch is padded up to the next bucket (1, 2, 4, 8, 16, 32, 64, then multiples
-of 64) and the result sliced back: at most one compilation per bucket, never one per batch size.
+kernels), not by arithmetic. Modes:
+- `cuda-graph`: the whole eager call (prefix and every Euler step) recorded once per bucket as one CUDA graph
+  (`torch.cuda.graph`) and replayed: one launch per call, no compilation, capture costs about one call. CUDA only.
+- `default`: `torch.compile` (inductor) of the prefix and of one Euler step (one step's graph serves all steps, so a
+  compilation is ten times smaller than the unrolled loop's); fuses the elementwise work.
+- `reduce-overhead`: the same, each compiled piece also replayed as a CUDA graph (torch's CUDA-graph trees).
+All need fixed shapes, and the runner's batch changes from call to call, so a batch is padded up to the next bucket
+(1, 2, 4, 8, 16, 32, 64, then multiples of 64) and the result sliced back: at most one compilation or capture per
+bucket, never one per batch size.
 
 Padding repeats the last real row. Rows never mix (attention is per sample), so a padded row changes no real row's
 result; repeating a real row (rather than zeros) also keeps which image slots are present unchanged, and that decides
@@ -14,24 +20,25 @@ The model's own methods are composed, not rewritten: `compute_prefix_cache` for 
 `velocity`) for the loop, so training code that calls them with gradients is untouched, and the eager path
 (`compile="none"`, CPU debugging) runs exactly the same code. Mode "none" here still pads (to test the padding).
 
-One graph break remains: `embed_prefix` asks `bool(mask.any())` of each image slot (to drop absent slots), which
-dynamo cannot trace, so the prefix compiles in pieces (the image embedding, then the language layers) with that test
-run eagerly between them: three small host syncs per call on a GPU.
+Which image slots are present is passed in as plain bools (`slots_present`, known on the host where the masks were
+built), so the prefix traces as one graph with no host sync: asking `bool(mask.any())` of a device tensor would
+break the graph and stall the CPU until the GPU catches up. The bools are part of each compiled variant's guards.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .modeling import PI0Model, PrefixCache
 
 log = logging.getLogger(__name__)
 
-COMPILE_MODES = ("none", "default", "reduce-overhead")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "cuda-graph")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -70,37 +77,133 @@ def _allow_recompiles(needed: int) -> None:
         setattr(cfg, name, needed)
 
 
+class CudaGraphRecorder:
+    """Records `fn()` as one CUDA graph (torch.cuda.graph) and replays it. The warm-up run on a side stream is what
+    torch's documentation asks before a capture (lazy initialisation, cuBLAS workspaces, kernel selection)."""
+
+    def __init__(self, pool=None):
+        self.pool = pool
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def capture(self, fn: Callable[[], Any]) -> Any:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: the runner captures from its inference thread while other threads keep running.
+        with torch.cuda.graph(self.graph, pool=self.pool, capture_error_mode="thread_local"):
+            out = fn()
+        return out
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class CapturedCall:
+    """`fn(*args)` recorded once over static copies of its tensor arguments; each call copies the new tensors into
+    those buffers and replays. torch.cuda.graph records kernels on fixed addresses but leaves this bookkeeping (which
+    buffers, copying in, the shapes a graph is valid for) to the caller; it is written here once for every bucket.
+
+    Non-tensor arguments are fixed at capture: they belong in the caller's key. The outputs live in the graph's
+    memory and are overwritten by the next replay of any graph sharing its pool: read (clone) them at once."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, recorder: Any):
+        leaves, self._spec = tree_flatten(args)
+        self._is_tensor = [torch.is_tensor(x) for x in leaves]
+        self._static = [x.clone() if t else x for x, t in zip(leaves, self._is_tensor)]
+        self._recorder = recorder
+        self.output = recorder.capture(lambda: fn(*tree_unflatten(self._static, self._spec)))
+
+    def __call__(self, *args) -> Any:
+        leaves, spec = tree_flatten(args)
+        if spec != self._spec:
+            raise ValueError("a captured call was given arguments of another structure than at capture")
+        for dst, src, is_tensor in zip(self._static, leaves, self._is_tensor):
+            if is_tensor:
+                dst.copy_(src)
+            elif dst != src:
+                raise ValueError(f"a captured call's fixed argument changed ({dst!r} at capture, {src!r} now)")
+        self._recorder.replay()
+        return self.output
+
+
 class FastSampler:
     """`sample(images, image_masks, tokens, token_masks, state, noise, num_steps)` like `PI0Model.sample_actions`,
-    padded to a bucket and (unless mode "none") compiled. `compile_seconds[key]` is the wall time of the first call
-    of each (bucket, steps, trajectory) variant: compilation (or CUDA-graph capture) plus one run."""
+    padded to a bucket and (unless mode "none") compiled or captured. `compile_seconds[key]` is the wall time of the
+    first call of each (bucket, steps, trajectory) variant: compilation or CUDA-graph capture, plus one run.
 
-    def __init__(self, model: PI0Model, mode: str = "default", buckets: Sequence[int] = BATCH_BUCKETS):
+    A capture that fails (an operation CUDA graphs do not allow) is logged with its reason, kept in
+    `capture_errors[key]`, and that variant runs eagerly: slower, never wrong. `graph_recorder` makes the recorder
+    of each capture (CudaGraphRecorder on CUDA; the tests pass one that replays by re-running on a CPU)."""
+
+    def __init__(
+        self,
+        model: PI0Model,
+        mode: str = "default",
+        buckets: Sequence[int] = BATCH_BUCKETS,
+        graph_recorder: Callable[[], Any] | None = None,
+    ):
         self.model = model
         self.mode = check_compile_mode(mode)
         self.buckets = tuple(sorted(buckets))
         self.compile_seconds: dict[tuple[int, int, bool], float] = {}
-        if mode == "none":
-            self._prefix, self._denoise = self._prefix_eager, self._denoise_eager
-        else:
+        self.capture_errors: dict[tuple[int, int, bool], str] = {}
+        self._captured: dict[tuple, CapturedCall | None] = {}
+        self._prefix, self._velocity = self._prefix_eager, None
+        if mode == "cuda-graph":
+            if graph_recorder is None:
+                if model.device.type != "cuda":
+                    raise ValueError(
+                        f"policy.compile=cuda-graph needs a CUDA device (the model is on {model.device.type}): "
+                        "use none or default there"
+                    )
+                pool = torch.cuda.graph_pool_handle()
+                # One memory pool for every bucket's graph: graphs never run at once and each output is cloned
+                # straight after its replay, so a graph may reuse another's scratch memory.
+                graph_recorder = lambda: CudaGraphRecorder(pool)  # noqa: E731
+            self._graph_recorder = graph_recorder
+        elif mode != "none":
             _allow_recompiles(4 * len(self.buckets) + 8)
             self._prefix = torch.compile(self._prefix_eager, mode=mode, dynamic=False)
-            self._denoise = torch.compile(self._denoise_eager, mode=mode, dynamic=False)
+            self._velocity = torch.compile(self._velocity_eager, mode=mode, dynamic=False)
 
-    def _prefix_eager(self, images, image_masks, tokens, token_masks):
-        cache = self.model.compute_prefix_cache(images, image_masks, tokens, token_masks)
+    def _prefix_eager(self, images, image_masks, tokens, token_masks, slots_present: tuple[bool, ...]):
+        cache = self.model.compute_prefix_cache(images, image_masks, tokens, token_masks, slots_present)
         return cache.keys, cache.values, cache.pad_mask
 
-    def _denoise_eager(self, keys, values, pad_mask, state, noise, num_steps: int, return_trajectory: bool):
-        cache = PrefixCache(list(keys), list(values), pad_mask)
-        return self.model.integrate(cache, state, noise, num_steps, return_trajectory)
+    def _velocity_eager(self, keys, values, pad_mask, state, x, t):
+        # A fresh cache per step: the compiled step takes plain tensors, and its suffix mask is rebuilt inside it.
+        return self.model.velocity(PrefixCache(list(keys), list(values), pad_mask), state, x, t)
 
-    def _run(self, images, image_masks, tokens, token_masks, state, noise, num_steps: int, return_trajectory: bool):
+    def _run_eager(self, images, image_masks, tokens, token_masks, slots_present, state, noise, num_steps: int, return_trajectory: bool):
+        keys, values, pad_mask = self._prefix(images, image_masks, tokens, token_masks, slots_present)
+        cache = PrefixCache(list(keys), list(values), pad_mask)
+        step = None
+        if self._velocity is not None:
+            step = lambda _cache, state, x, t, _bias: self._velocity(keys, values, pad_mask, state, x, t)  # noqa: E731
+        return self.model.integrate(cache, state, noise, num_steps, return_trajectory, velocity=step)
+
+    def _run(self, args: tuple, key: tuple) -> Any:
+        if self.mode == "cuda-graph":
+            if key not in self._captured:
+                self._captured[key] = self._capture(args, key)
+            captured = self._captured[key]
+            return captured(*args) if captured is not None else self._run_eager(*args)
         if self._cuda_graphs:
             # A new iteration: outputs of the previous call's graphs may now be overwritten (we cloned what we kept).
             torch.compiler.cudagraph_mark_step_begin()
-        keys, values, pad_mask = self._prefix(images, image_masks, tokens, token_masks)
-        return self._denoise(keys, values, pad_mask, state, noise, num_steps, return_trajectory)
+        return self._run_eager(*args)
+
+    def _capture(self, args: tuple, key: tuple) -> CapturedCall | None:
+        try:
+            return CapturedCall(self._run_eager, args, self._graph_recorder())
+        except Exception as exc:  # noqa: BLE001 - whatever the capture refused, eager sampling still works
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self.capture_errors[key[:3]] = reason
+            log.warning("CUDA-graph capture failed for batch bucket %d (%s); this bucket samples eagerly", key[0], reason)
+            return None
 
     @property
     def _cuda_graphs(self) -> bool:
@@ -116,9 +219,15 @@ class FastSampler:
         noise: torch.Tensor,
         num_steps: int,
         return_trajectory: bool = False,
+        slots_present: Sequence[bool] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """`slots_present`: one bool per image slot, True where any sample has that image (None: asked of the masks,
+        a host sync). Padding repeats real rows, so the padded batch has the same slots."""
         b = state.shape[0]
         n = bucket_size(b, self.buckets)
+        if slots_present is None:
+            slots_present = [bool(m.any()) for m in image_masks]
+        slots_present = tuple(bool(p) for p in slots_present)
         key = (n, num_steps, return_trajectory)
         first = key not in self.compile_seconds
         start = time.perf_counter()
@@ -127,14 +236,17 @@ class FastSampler:
             [pad_rows(m, n) for m in image_masks],
             pad_rows(tokens, n),
             pad_rows(token_masks, n),
+            slots_present,
             pad_rows(state, n),
             pad_rows(noise, n),
+            num_steps,
+            return_trajectory,
         )
-        out = self._run(*padded, num_steps, return_trajectory)
+        out = self._run(padded, (*key, slots_present))
         if first and self._cuda_graphs:
             # CUDA-graph trees run a new graph once unrecorded and record it on its next call: make that capture part
             # of the first call too, so it is counted in compile_seconds and not paid in the middle of a rollout.
-            out = self._run(*padded, num_steps, return_trajectory)
+            out = self._run(padded, (*key, slots_present))
         # Slice the real rows; clone, because a CUDA graph's output buffer is reused by its next replay.
         out = tuple(o[:b].clone() for o in out) if return_trajectory else out[:b].clone()
         if first:
@@ -143,7 +255,8 @@ class FastSampler:
             self.compile_seconds[key] = time.perf_counter() - start
             if self.mode != "none":
                 log.info(
-                    "pi0 sampling compiled (%s) for batch bucket %d, %d steps%s: %.1f s",
-                    self.mode, n, num_steps, ", with trajectory" if return_trajectory else "", self.compile_seconds[key],
+                    "pi0 sampling %s (%s) for batch bucket %d, %d steps%s: %.1f s",
+                    "captured" if self.mode == "cuda-graph" else "compiled", self.mode, n, num_steps,
+                    ", with trajectory" if return_trajectory else "", self.compile_seconds[key],
                 )
         return out

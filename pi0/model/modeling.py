@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -233,17 +234,22 @@ class PI0Model(nn.Module):
         image_masks: list[torch.Tensor],
         tokens: torch.Tensor,
         token_masks: torch.Tensor,
+        slots_present: Sequence[bool] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (embeddings [B, P, W], pad_mask [B, P]). The whole prefix is one bidirectional block.
 
         An image slot masked out for every sample of the batch (pi0_libero's right wrist) is left out entirely: its
         tokens would be excluded from every softmax (exp(-2.4e38) == 0) and do not shift positions (they count only
         real tokens), so dropping them changes no output bit and saves a third of the vision and prefix work.
+        `slots_present` (one bool per slot, known on the host by whoever built the masks) says which slots to embed;
+        without it each mask is asked, a host sync per slot on a GPU and a graph break under torch.compile.
         """
+        if slots_present is None:
+            slots_present = [bool(m.any()) for m in image_masks]
         embs, pads = [], []
-        for img, m in zip(images, image_masks):
+        for img, m, present in zip(images, image_masks, slots_present):
             m = m.to(torch.bool)
-            if not bool(m.any()):
+            if not present:
                 continue
             e = self.embed_image(img)
             embs.append(e)
@@ -261,8 +267,9 @@ class PI0Model(nn.Module):
         image_masks: list[torch.Tensor],
         tokens: torch.Tensor,
         token_masks: torch.Tensor,
+        slots_present: Sequence[bool] | None = None,
     ) -> PrefixCache:
-        emb, pad = self.embed_prefix(images, image_masks, tokens, token_masks)
+        emb, pad = self.embed_prefix(images, image_masks, tokens, token_masks, slots_present)
         allowed = make_att_2d_masks(pad, torch.zeros_like(pad))
         mask = additive_mask(allowed, emb.dtype)
         pos = torch.cumsum(pad.long(), dim=1) - 1
@@ -397,6 +404,7 @@ class PI0Model(nn.Module):
         generator: torch.Generator | None = None,
         return_trajectory: bool = False,
         action_token_bias: torch.Tensor | None = None,
+        slots_present: Sequence[bool] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Euler integration of the flow from t=1 (noise) to t=0 with dt = -1/num_steps; -> [B, H, 32] (normalised).
 
@@ -406,7 +414,7 @@ class PI0Model(nn.Module):
         b = state.shape[0]
         if noise is None:
             noise = self.sample_noise(b, generator)
-        cache = self.compute_prefix_cache(images, image_masks, tokens, token_masks)
+        cache = self.compute_prefix_cache(images, image_masks, tokens, token_masks, slots_present)
         return self.integrate(cache, state, noise.to(torch.float32), n, return_trajectory, action_token_bias)
 
     def integrate(
@@ -417,13 +425,17 @@ class PI0Model(nn.Module):
         num_steps: int,
         return_trajectory: bool = False,
         action_token_bias: torch.Tensor | None = None,
+        velocity: Callable[..., torch.Tensor] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Euler steps from x_1 = noise. `velocity(cache, state, x, t, action_token_bias)` defaults to self.velocity
+        (a compiled stand-in for it: fast_sampling)."""
+        velocity = velocity or self.velocity
         dt = -1.0 / num_steps
         x = noise
         traj = [x]
         for step in range(num_steps):
             t = torch.full((x.shape[0],), 1.0 + step * dt, dtype=torch.float32, device=x.device)
-            x = x + dt * self.velocity(cache, state, x, t, action_token_bias)
+            x = x + dt * velocity(cache, state, x, t, action_token_bias)
             if return_trajectory:
                 traj.append(x)
         return (x, torch.stack(traj, dim=1)) if return_trajectory else x

@@ -66,6 +66,9 @@ class ModelInputs:
     token_masks: torch.Tensor  # [B, L] bool
     state: torch.Tensor  # [B, 32] normalised, padded
     raw_state: torch.Tensor  # [B, 8] float64, as the env reported it (for the delta-action add-back)
+    # One bool per slot, True where any sample has that image: known on the host when the masks are built, so the
+    # model needs no device->host sync to decide which slots to embed. None: the model asks the masks.
+    slots_present: tuple[bool, ...] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -79,6 +82,7 @@ class ModelInputs:
             token_masks=self.token_masks.to(device),
             state=self.state.to(device),
             raw_state=self.raw_state.to(device),
+            slots_present=self.slots_present,
         )
 
     def index_select(self, index: torch.Tensor) -> "ModelInputs":
@@ -92,7 +96,7 @@ class ModelInputs:
             token_masks=sel(self.token_masks),
             state=sel(self.state),
             raw_state=sel(self.raw_state),
-        )
+        )  # slots_present left None: a subset may lack a slot the whole batch had
 
     def model_args(self) -> tuple:
         return self.images, self.image_masks, self.tokens, self.token_masks, self.state
@@ -193,9 +197,11 @@ class PI0Policy:
         def stack(key: str, slot: str | None = None) -> np.ndarray:
             return np.stack([s[key][slot] if slot else s[key] for s in samples])
 
+        masks = [stack("image_masks", k) for k in IMAGE_SLOTS]
         return ModelInputs(
             images=[torch.from_numpy(stack("images", k)).to(dev, dt) for k in IMAGE_SLOTS],
-            image_masks=[torch.from_numpy(stack("image_masks", k)).to(dev) for k in IMAGE_SLOTS],
+            image_masks=[torch.from_numpy(m).to(dev) for m in masks],
+            slots_present=tuple(bool(m.any()) for m in masks),
             tokens=torch.from_numpy(stack("tokens")).to(dev),
             token_masks=torch.from_numpy(stack("token_mask")).to(dev),
             state=torch.from_numpy(stack("state")).to(dev, torch.float32),
@@ -206,10 +212,11 @@ class PI0Policy:
         """The same tensors as the per-sample chain (tested bit for bit), with the image work done once per batch."""
         samples = [self._state_inputs({"observation": o, "prompt": p}) for o, p in zip(observations, instructions)]
         dev, dt, size = self.device, self.dtype, self.config.image_size
-        images, masks = [], []
+        images, masks, slots_present = [], [], []
         for slot in IMAGE_SLOTS:
             present = np.array([s["image_masks"][slot] for s in samples], dtype=bool)
             masks.append(torch.from_numpy(present).to(dev))
+            slots_present.append(bool(present.any()))
             if present.any():
                 images.append(self._batch_images([s["images"][slot] for s in samples], dev, dt))
             else:
@@ -224,6 +231,7 @@ class PI0Policy:
             token_masks=torch.from_numpy(np.stack(token_masks)).to(dev),
             state=torch.from_numpy(np.stack([s["state"] for s in samples])).to(dev, torch.float32),
             raw_state=torch.from_numpy(np.stack([s["raw_state"] for s in samples])).to(dev),
+            slots_present=tuple(slots_present),
         )
 
     def _tokenize(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
@@ -258,10 +266,13 @@ class PI0Policy:
         noise = noise.to(self.device, torch.float32)
         with torch.inference_mode():
             if self.fast_sampler is not None:
-                out = self.fast_sampler.sample(*inputs.model_args(), noise, self.num_steps, return_trajectory)
+                out = self.fast_sampler.sample(
+                    *inputs.model_args(), noise, self.num_steps, return_trajectory, slots_present=inputs.slots_present
+                )
             else:
                 out = self.model.sample_actions(
-                    *inputs.model_args(), noise=noise, num_steps=self.num_steps, return_trajectory=return_trajectory
+                    *inputs.model_args(), noise=noise, num_steps=self.num_steps, return_trajectory=return_trajectory,
+                    slots_present=inputs.slots_present,
                 )
         chunk, traj = out if return_trajectory else (out, None)
         return chunk, noise, traj
@@ -285,6 +296,7 @@ class PI0Policy:
                 token_masks=token_masks,
                 state=torch.zeros(b, c.max_state_dim, device=self.device),
                 raw_state=torch.zeros(b, 8, dtype=torch.float64, device=self.device),
+                slots_present=tuple(i < 2 for i in range(len(IMAGE_SLOTS))),
             )
             noise = torch.zeros(b, c.chunk_size, c.max_action_dim, device=self.device)  # leaves the generator alone
             self.sample(inputs, noise, return_trajectory=self.record_trajectory)

@@ -2,7 +2,7 @@
 
     pi0-ript eval  --config pi0/ript/config/ript_vla_test.yaml [--robustness] [key=value ...]
     pi0-ript train --config pi0/ript/config/learning_demo.yaml [--resume] [key=value ...]
-    pi0-ript bench [runner|model|train] [options]
+    pi0-ript bench [runner|model|train|eval] [options]
 
 Errors the user can fix (a bad config value, a missing file or package) print one line and exit with code 2.
 """
@@ -18,7 +18,7 @@ from pi0.ript.config.schema import ConfigError, load_config
 
 DEFAULT_CONFIG = "pi0/ript/config/ript_vla_test.yaml"
 
-BENCH_TARGETS = ("runner", "model", "train")
+BENCH_TARGETS = ("runner", "model", "train", "eval")
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--resume", action="store_true", help="continue from the checkpoint in train.output_dir")
         else:
             p.add_argument("--robustness", action="store_true", help="the clean suite of task.benchmark_name and its LIBERO-PRO perturbations, compared")
-    bench = sub.add_parser("bench", help="throughput and memory benchmarks: `bench [runner|model|train] [options]`")
+    bench = sub.add_parser("bench", help="throughput and memory benchmarks: `bench [runner|model|train|eval] [options]`")
     bench.add_argument("target", nargs="?", default="runner", choices=BENCH_TARGETS)
     argv = sys.argv[1:] if argv is None else list(argv)
     # The benchmarks parse their own options; only the optional target name is ours, so `pi0-ript bench --out x`
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 from pi0.model.bench import main as bench_main
             elif args.target == "train":
                 from pi0.ript.bench_train import main as bench_main
+            elif args.target == "eval":
+                from pi0.ript.bench_eval import main as bench_main
             else:
                 from pi0.ript.bench import main as bench_main
             return bench_main(bench_args) or 0

@@ -148,7 +148,9 @@ class RLPolicy(nn.Module):
     def prefix_cache(self, inputs: Any, with_grad: bool):
         """The vision-language prefix; without gradient when only the action expert trains (saves its backward)."""
         with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
-            return self.model.compute_prefix_cache(inputs.images, inputs.image_masks, inputs.tokens, inputs.token_masks)
+            return self.model.compute_prefix_cache(
+                inputs.images, inputs.image_masks, inputs.tokens, inputs.token_masks, getattr(inputs, "slots_present", None)
+            )
 
     def frozen_prefix_cache(self, other: "RLPolicy", inputs: Any, cache, prefix_grad: bool):
         """`other`'s (a frozen copy's) prefix cache. When the prefix does not train (expert_only), both prefixes still

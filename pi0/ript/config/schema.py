@@ -81,7 +81,9 @@ class PolicyConfig:
     kind: str = "auto"  # auto: pi0 if checkpoint_path exists, else the small built-in policy; or "pi0" / "small"
     device: str = "auto"  # auto: cuda if available, else cpu
     dtype: str = "float32"  # float32 | bfloat16
-    compile: str = "none"  # pi0 sampling: none (eager) | default (torch.compile) | reduce-overhead (+ CUDA graphs on a GPU)
+    # pi0 sampling: none (eager) | cuda-graph (one CUDA graph per batch bucket; CUDA only) | default (torch.compile) |
+    # reduce-overhead (torch.compile + CUDA graphs on a GPU)
+    compile: str = "none"
 
 
 @dataclass
@@ -188,7 +190,10 @@ def validate(cfg: DictConfig) -> None:
     _require(all(i >= 0 for i in t.task_ids), f"task.task_ids={list(t.task_ids)} must be non-negative task indices")
     _require(cfg.policy.kind in ("auto", "pi0", "small"), f"policy.kind={cfg.policy.kind!r}: use auto, pi0 or small")
     _require(cfg.policy.dtype in ("float32", "bfloat16"), f"policy.dtype={cfg.policy.dtype!r}: use float32 or bfloat16")
-    _require(cfg.policy.compile in ("none", "default", "reduce-overhead"), f"policy.compile={cfg.policy.compile!r}: use none, default or reduce-overhead")
+    _require(
+        cfg.policy.compile in ("none", "cuda-graph", "default", "reduce-overhead"),
+        f"policy.compile={cfg.policy.compile!r}: use none, cuda-graph (CUDA only), default or reduce-overhead",
+    )
     _require(cfg.policy.device == "auto" or cfg.policy.device.split(":")[0] in ("cpu", "cuda"), f"policy.device={cfg.policy.device!r}: use auto, cpu, cuda or cuda:N")
     _require(cfg.eval.episodes_per_task >= 1, f"eval.episodes_per_task={cfg.eval.episodes_per_task} must be >= 1")
     _require(cfg.eval.init_state_offset >= 0, f"eval.init_state_offset={cfg.eval.init_state_offset} must be >= 0")

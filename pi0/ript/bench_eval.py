@@ -1,0 +1,150 @@
+"""`pi0-ript bench eval`: `pi0-ript eval` itself, timed, with one pi0 shared by every runner setting compared.
+
+The runner's target case is a GPU box: a full-size pi0 on the GPU, LIBERO in many worker processes. This runs the
+real evaluation (`evaluate.run_eval`: real LIBERO workers, the real runner, episodes written as usual) once per
+runner setting, with one random-weight pi0 built in place on the device (no checkpoint to write or read), sampling
+compiled or captured ahead of time (`PI0Policy.warmup` over every batch size the runner can form, so no setting pays
+it), and prints per setting: env-steps/s and episodes/hour (the runner's own counters over the run's wall time,
+worker start and env build included, as `results.json` reports them), inference calls, mean batch, model busy time,
+where the envs waited, and the ratio to the first setting.
+
+Settings (`--settings`, in this order; the first is the baseline of the ratios):
+  all-off   render every step, hard reset, lock-step inference: how openpi, LeRobot, RIPT-VLA and RLinf step
+  defaults  the defaults: render on demand, fast reset, overlapped inference in the runner's group schedule
+  serial    openpi's loop: one env, one call per replan (slow: give it few episodes)
+
+    pi0-ript bench eval --size full --device cuda --dtype bfloat16 --compile cuda-graph --workers 14 \\
+        --task-ids 0 1 --episodes-per-task 14 --episode-length 220 --image-size 256 --out bench_eval.json
+    pi0-ript bench eval --size tiny --workers 2 --episodes-per-task 1 --episode-length 6 --image-size 64   # a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+SETTINGS = {
+    "all-off": ["task.render_on_demand=false", "task.fast_reset=false", "runner.overlap_inference=false"],
+    "defaults": [],
+    "serial": ["features.use_ript_vla_runner=false", "task.num_parallel_envs=1"],
+}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    from pi0.model.fast_sampling import COMPILE_MODES
+
+    p = argparse.ArgumentParser(prog="pi0-ript bench eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=("tiny", "full"), default="tiny", help="random-weight pi0 (full: 3.3 B parameters)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--compile", choices=COMPILE_MODES, default="none", help="policy.compile for every setting")
+    p.add_argument("--suite", default="libero_spatial")
+    p.add_argument("--task-ids", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--workers", type=int, default=2, help="task.num_parallel_envs (the serial setting uses 1)")
+    p.add_argument("--episodes-per-task", type=int, default=2)
+    p.add_argument("--episode-length", type=int, default=40, help="task.max_episode_length (libero_spatial: 220)")
+    p.add_argument("--image-size", type=int, default=128, help="task.image_size: the cameras' pixels")
+    p.add_argument("--settings", default="all-off,defaults", help=f"comma list of {', '.join(SETTINGS)}")
+    p.add_argument("--out", type=Path, default=None, help="write the results and the machine as JSON")
+    a = p.parse_args(argv)
+    a.settings = a.settings.split(",")
+    unknown = [s for s in a.settings if s not in SETTINGS]
+    if unknown:
+        p.error(f"--settings: unknown {', '.join(unknown)}; use {', '.join(SETTINGS)}")
+    if min(a.workers, a.episodes_per_task, a.episode_length) < 1:
+        p.error("--workers, --episodes-per-task and --episode-length must be >= 1")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parse(argv)
+    import torch
+
+    from pi0.model.bench import DTYPES, build_model, machine_info
+    from pi0.model.normalization import identity_stats
+    from pi0.model.policy import PI0Policy
+    from pi0.model.tokenizer import build_word_tokenizer
+    from pi0.ript.config.schema import load_config
+    from pi0.ript.env.libero_sim import LiberoEnvSpec
+    from pi0.ript.evaluate import run_eval
+    from pi0.ript.policy.loading import resolve_device
+
+    device = torch.device(resolve_device(a.device))
+    dtype = DTYPES[a.dtype]
+    # A word tokenizer over the suite's own instructions: the prompts tokenise to real ids (weights are random anyway).
+    spec = LiberoEnvSpec(benchmark_name=a.suite)
+    tokenizer = build_word_tokenizer([spec.instruction(t) for t in a.task_ids])
+    start = time.perf_counter()
+    model = build_model(a.size, device, dtype, 224, 10, tokenizer.vocab_size)
+    build_s = time.perf_counter() - start
+    policy = PI0Policy(model, tokenizer, identity_stats(), device=device, dtype=dtype, seed=0, compile=a.compile)
+    start = time.perf_counter()
+    compile_seconds = policy.warmup(range(1, a.workers + 1))
+    warmup_s = time.perf_counter() - start
+    machine = machine_info(device)
+    where = machine["gpu"] or f"CPU ({machine['cpu_cores_usable']} cores)"
+    print(
+        f"pi0 {a.size} (random weights, built in {build_s:.1f} s) on {where}, {a.dtype}, compile={a.compile} "
+        f"(warm-up of batches 1..{a.workers}: {warmup_s:.1f} s); {a.suite} tasks {a.task_ids}, "
+        f"{a.episodes_per_task} episodes each, {a.episode_length} steps, {a.image_size} px cameras, {a.workers} workers; "
+        f"{machine['cpu_cores']} cores, torch {machine['torch']}"
+    )
+    description = {"kind": "pi0", "checkpoint": None, "checkpoint_sha256": None, "random_weights": a.size}
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="bench_eval_") as scratch:
+        for name in a.settings:
+            overrides = [
+                f"task.benchmark_name={a.suite}", f"task.task_ids=[{','.join(map(str, a.task_ids))}]",
+                f"task.num_parallel_envs={a.workers}", f"task.max_episode_length={a.episode_length}",
+                f"task.image_size={a.image_size}", f"eval.episodes_per_task={a.episodes_per_task}",
+                f"policy.device={a.device}", f"eval.output_dir={Path(scratch) / name}", *SETTINGS[name],
+            ]
+            cfg = load_config(None, overrides)
+            results = run_eval(cfg, loaded_policy=(policy, description))
+            stats = results["runner_stats"]
+            wall = stats["wall_seconds"]
+            rows.append({
+                "setting": name, "overrides": SETTINGS[name], "env_steps": stats["env_steps"], "episodes": stats["episodes"],
+                "wall_seconds": wall, "env_steps_per_second": stats["env_steps_per_second"],
+                "episodes_per_hour": 3600 * stats["episodes"] / wall if wall > 0 else 0.0,
+                "inference_calls": stats["inference_calls"], "mean_batch_size": stats["mean_batch_size"],
+                "model_busy_seconds": stats["seconds"]["inference"], "env_seconds": stats["env_seconds"],
+                "seconds_model_idle_with_waiters": stats["seconds_model_idle_with_waiters"], "schedule": stats["schedule"],
+                "success_rate": results["success_rate"],
+            })
+            print(format_row(rows[-1], rows[0]))
+            if a.out:
+                a.out.parent.mkdir(parents=True, exist_ok=True)
+                report = {"machine": machine, "settings": vars(a) | {"out": str(a.out), "build_seconds": build_s,
+                          "warmup_seconds": warmup_s, "compile_seconds": {str(k): v for k, v in compile_seconds.items()}},
+                          "results": rows}
+                a.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print("\n" + format_table(rows))
+    return 0
+
+
+def format_row(row: dict, base: dict) -> str:
+    return (f"{row['setting']}: {row['env_steps_per_second']:.1f} env-steps/s "
+            f"({row['env_steps_per_second'] / max(base['env_steps_per_second'], 1e-9):.2f}x {base['setting']}), "
+            f"{row['episodes_per_hour']:.0f} episodes/h, {row['inference_calls']} calls, mean batch {row['mean_batch_size']:.1f}, "
+            f"model busy {row['model_busy_seconds']:.1f} of {row['wall_seconds']:.1f} s, env waits {row['env_seconds']}")
+
+
+def format_table(rows: list[dict]) -> str:
+    base = rows[0]
+    lines = [f"{'setting':>9} {'env-steps/s':>12} {'x ' + base['setting']:>10} {'episodes/h':>11} {'calls':>6} {'batch':>6} "
+             f"{'model busy s':>13} {'wall s':>7} {'k':>3}"]
+    for r in rows:
+        lines.append(
+            f"{r['setting']:>9} {r['env_steps_per_second']:>12.1f} {r['env_steps_per_second'] / max(base['env_steps_per_second'], 1e-9):>10.2f} "
+            f"{r['episodes_per_hour']:>11.0f} {r['inference_calls']:>6} {r['mean_batch_size']:>6.1f} "
+            f"{r['model_busy_seconds']:>13.1f} {r['wall_seconds']:>7.1f} {str(r['schedule'].get('groups', '-')):>3}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
