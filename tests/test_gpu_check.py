@@ -45,6 +45,9 @@ def test_gpu_check_dry_run(tmp_path):
     for row in evaluation["results"]:  # one 6-step episode each, counted by the real runner
         assert row["episodes"] == 1 and row["env_steps"] == 6 and row["inference_calls"] >= 1, row
         assert row["env_steps_per_second"] == pytest.approx(6 / row["wall_seconds"], rel=1e-6)
+        # Start-up (a worker process, an ~8 s env build) apart, the rate over the 5 later steps is higher.
+        assert 0 < row["seconds_to_first_step"] < row["wall_seconds"]
+        assert row["env_steps_per_second_after_first_step"] > row["env_steps_per_second"]
     assert json.loads((out / "bench_model.json").read_text())["results"]
     assert json.loads((out / "bench_compile.json").read_text())["results"]
 

@@ -221,9 +221,34 @@ def test_bad_compile_and_preprocess_values_name_the_key():
         make_tiny_policy(INSTRUCTIONS, preprocess="gpu")
     from pi0.ript.config.schema import ConfigError, load_config
 
-    assert load_config(None, []).policy.compile == "none"
+    assert load_config(None, []).policy.compile == "auto"
     with pytest.raises(ConfigError, match="policy.compile='max'"):
         load_config(None, ["policy.compile=max"])
+
+
+def test_auto_compile_is_cuda_graphs_on_cuda_and_eager_elsewhere():
+    from pi0.model.fast_sampling import check_compile_mode
+
+    assert check_compile_mode("auto", "cuda:1") == "cuda-graph"
+    assert check_compile_mode("auto", torch.device("cpu")) == check_compile_mode("auto", None) == "none"
+    policy = make_tiny_policy(INSTRUCTIONS, compile="auto")  # on the CPU
+    assert policy.compile == "none" and policy.fast_sampler is None
+
+
+def test_eval_loads_a_checkpoint_with_the_configured_compile_mode(tmp_path):
+    """`pi0-ript eval` builds its policy through load_policy: `auto` on this CPU is eager; an explicit mode reaches
+    the sampler; cuda-graph on a CPU is one line naming the key."""
+    from pi0.ript.config.schema import ConfigError, load_config
+    from pi0.ript.policy.loading import load_policy
+
+    make_tiny_policy(INSTRUCTIONS, image_size=56).save_pretrained(tmp_path / "ckpt")
+    base = [f"policy.checkpoint_path={tmp_path / 'ckpt'}", "policy.kind=pi0", "policy.device=cpu"]
+    policy, _ = load_policy(load_config(None, base))
+    assert policy.compile == "none" and policy.fast_sampler is None
+    policy, _ = load_policy(load_config(None, [*base, "policy.compile=default"]))
+    assert policy.fast_sampler.mode == "default"
+    with pytest.raises(ConfigError, match="policy.compile=cuda-graph needs a CUDA device"):
+        load_policy(load_config(None, [*base, "policy.compile=cuda-graph"]))
 
 
 def test_bench_model_reports_per_batch_timings_preprocessing_and_memory(tmp_path, capsys):

@@ -10,8 +10,9 @@ Speed (see docs/PERFORMANCE.md, "pi0 inference: compiled path and preprocessing"
   rotated/resized/scaled there as one batch (`batch_transforms.BatchImages`, the same pixels as the per-sample
   reference); prompts are tokenised once per distinct instruction. `"per_sample"` runs the reference chain
   (transforms.py) sample by sample, as before.
-- `compile`: "none" (eager) or a `torch.compile` mode for `sample` (`fast_sampling.FastSampler`: batch padded to a
-  bucket, at most one compilation per bucket).
+- `compile`: "none" (eager), "cuda-graph" (one CUDA graph per batch bucket), a `torch.compile` mode, or "auto"
+  (cuda-graph on CUDA, none elsewhere) for `sample` (`fast_sampling.FastSampler`: batch padded to a bucket, at most
+  one compilation or capture per bucket).
 """
 
 from __future__ import annotations
@@ -143,8 +144,8 @@ class PI0Policy:
         if preprocess not in PREPROCESS_MODES:
             raise ValueError(f"preprocess={preprocess!r}: use one of {', '.join(PREPROCESS_MODES)}")
         self.preprocess = preprocess
-        self.compile = check_compile_mode(compile)
-        self.fast_sampler = FastSampler(self.model, compile) if compile != "none" else None
+        self.compile = check_compile_mode(compile, self.device)
+        self.fast_sampler = FastSampler(self.model, self.compile) if self.compile != "none" else None
 
     # ---- protocol ----
     @property

@@ -5,8 +5,9 @@ real evaluation (`evaluate.run_eval`: real LIBERO workers, the real runner, epis
 runner setting, with one random-weight pi0 built in place on the device (no checkpoint to write or read), sampling
 compiled or captured ahead of time (`PI0Policy.warmup` over every batch size the runner can form, so no setting pays
 it), and prints per setting: env-steps/s and episodes/hour (the runner's own counters over the run's wall time,
-worker start and env build included, as `results.json` reports them), inference calls, mean batch, model busy time,
-where the envs waited, and the ratio to the first setting.
+worker start and env build included, as `results.json` reports them), env-steps/s after the first step (start-up
+apart: what a longer run tends to), inference calls, mean batch, model busy time, where the envs waited, and the
+ratios to the first setting.
 
 Settings (`--settings`, in this order; the first is the baseline of the ratios):
   all-off   render every step, hard reset, lock-step inference: how openpi, LeRobot, RIPT-VLA and RLinf step
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({
                 "setting": name, "overrides": SETTINGS[name], "env_steps": stats["env_steps"], "episodes": stats["episodes"],
                 "wall_seconds": wall, "env_steps_per_second": stats["env_steps_per_second"],
+                "seconds_to_first_step": stats["seconds_to_first_step"],
+                "env_steps_per_second_after_first_step": stats["env_steps_per_second_after_first_step"],
                 "episodes_per_hour": 3600 * stats["episodes"] / wall if wall > 0 else 0.0,
                 "inference_calls": stats["inference_calls"], "mean_batch_size": stats["mean_batch_size"],
                 "model_busy_seconds": stats["seconds"]["inference"], "env_seconds": stats["env_seconds"],
@@ -128,18 +131,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_row(row: dict, base: dict) -> str:
     return (f"{row['setting']}: {row['env_steps_per_second']:.1f} env-steps/s "
-            f"({row['env_steps_per_second'] / max(base['env_steps_per_second'], 1e-9):.2f}x {base['setting']}), "
+            f"({row['env_steps_per_second'] / max(base['env_steps_per_second'], 1e-9):.2f}x {base['setting']}; "
+            f"{row['env_steps_per_second_after_first_step']:.1f} after the first step at {row['seconds_to_first_step'] or 0:.1f} s), "
             f"{row['episodes_per_hour']:.0f} episodes/h, {row['inference_calls']} calls, mean batch {row['mean_batch_size']:.1f}, "
             f"model busy {row['model_busy_seconds']:.1f} of {row['wall_seconds']:.1f} s, env waits {row['env_seconds']}")
 
 
 def format_table(rows: list[dict]) -> str:
     base = rows[0]
-    lines = [f"{'setting':>9} {'env-steps/s':>12} {'x ' + base['setting']:>10} {'episodes/h':>11} {'calls':>6} {'batch':>6} "
-             f"{'model busy s':>13} {'wall s':>7} {'k':>3}"]
+    lines = [f"{'setting':>9} {'env-steps/s':>12} {'x ' + base['setting']:>10} {'after start':>12} {'x':>6} {'start s':>8} "
+             f"{'episodes/h':>11} {'calls':>6} {'batch':>6} {'model busy s':>13} {'wall s':>7} {'k':>3}"]
+    steady = lambda r: r["env_steps_per_second_after_first_step"]  # noqa: E731
     for r in rows:
         lines.append(
             f"{r['setting']:>9} {r['env_steps_per_second']:>12.1f} {r['env_steps_per_second'] / max(base['env_steps_per_second'], 1e-9):>10.2f} "
+            f"{steady(r):>12.1f} {steady(r) / max(steady(base), 1e-9):>6.2f} {r['seconds_to_first_step'] or 0:>8.1f} "
             f"{r['episodes_per_hour']:>11.0f} {r['inference_calls']:>6} {r['mean_batch_size']:>6.1f} "
             f"{r['model_busy_seconds']:>13.1f} {r['wall_seconds']:>7.1f} {str(r['schedule'].get('groups', '-')):>3}"
         )

@@ -81,9 +81,9 @@ class PolicyConfig:
     kind: str = "auto"  # auto: pi0 if checkpoint_path exists, else the small built-in policy; or "pi0" / "small"
     device: str = "auto"  # auto: cuda if available, else cpu
     dtype: str = "float32"  # float32 | bfloat16
-    # pi0 sampling: none (eager) | cuda-graph (one CUDA graph per batch bucket; CUDA only) | default (torch.compile) |
-    # reduce-overhead (torch.compile + CUDA graphs on a GPU)
-    compile: str = "none"
+    # pi0 sampling in eval/bench: auto (cuda-graph on CUDA, none on a CPU) | none (eager) | cuda-graph (one CUDA graph
+    # per batch bucket; CUDA only) | default (torch.compile) | reduce-overhead (torch.compile + CUDA graphs on a GPU)
+    compile: str = "auto"
 
 
 @dataclass
@@ -191,8 +191,8 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.policy.kind in ("auto", "pi0", "small"), f"policy.kind={cfg.policy.kind!r}: use auto, pi0 or small")
     _require(cfg.policy.dtype in ("float32", "bfloat16"), f"policy.dtype={cfg.policy.dtype!r}: use float32 or bfloat16")
     _require(
-        cfg.policy.compile in ("none", "cuda-graph", "default", "reduce-overhead"),
-        f"policy.compile={cfg.policy.compile!r}: use none, cuda-graph (CUDA only), default or reduce-overhead",
+        cfg.policy.compile in ("auto", "none", "cuda-graph", "default", "reduce-overhead"),
+        f"policy.compile={cfg.policy.compile!r}: use auto, none, cuda-graph (CUDA only), default or reduce-overhead",
     )
     _require(cfg.policy.device == "auto" or cfg.policy.device.split(":")[0] in ("cpu", "cuda"), f"policy.device={cfg.policy.device!r}: use auto, cpu, cuda or cuda:N")
     _require(cfg.eval.episodes_per_task >= 1, f"eval.episodes_per_task={cfg.eval.episodes_per_task} must be >= 1")

@@ -31,7 +31,7 @@ class LIBEROEnvRunner(RunnerBase):
                 started = time.perf_counter()
                 episode.record_step(self._env.step(action, want_observation))
                 self.stats.seconds["waiting_on_workers"] += time.perf_counter() - started
-                self.stats.env_steps += 1
+                self.stats.count_step()
             self.stats.episodes += 1
             yield episode.finish()
 

@@ -346,7 +346,7 @@ class PI0LiberoRunner(RunnerBase):
             slot.episode = self._new_episode(slot.request, reply, want_frames, slot.failures, f"worker {slot.worker.index}")
         else:
             slot.episode.record_step(reply)
-            self.stats.env_steps += 1
+            self.stats.count_step()
         return self._advance(slot, pending, want_frames)
 
     def _advance(self, slot: _Slot, pending: deque, want_frames: bool) -> Episode | None:

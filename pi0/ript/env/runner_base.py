@@ -38,9 +38,16 @@ class RunnerStats:
         self.seconds_model_idle_with_waiters = 0.0  # wall seconds no call ran although some env waited
         self.schedule: dict[str, Any] = {}  # the parallel runner's group schedule: k, measured S, a, c
         self.started = time.perf_counter()
+        self.first_step_at: float | None = None  # when the first env step came back (workers up, envs built)
+
+    def count_step(self) -> None:
+        self.env_steps += 1
+        if self.first_step_at is None:
+            self.first_step_at = time.perf_counter()
 
     def as_dict(self) -> dict[str, Any]:
-        wall = time.perf_counter() - self.started
+        now = time.perf_counter()
+        wall = now - self.started
         return {
             "env_steps": self.env_steps,
             "episodes": self.episodes,
@@ -49,6 +56,11 @@ class RunnerStats:
             "worker_restarts": self.worker_restarts,
             "wall_seconds": wall,
             "env_steps_per_second": self.env_steps / wall if wall > 0 else 0.0,
+            # Start-up (worker processes, env builds, first resets) apart: the rate a longer run tends to.
+            "seconds_to_first_step": None if self.first_step_at is None else self.first_step_at - self.started,
+            "env_steps_per_second_after_first_step": (
+                (self.env_steps - 1) / (now - self.first_step_at) if self.first_step_at is not None and now > self.first_step_at else 0.0
+            ),
             "seconds": dict(self.seconds),
             "env_seconds": dict(self.env_seconds),
             "seconds_model_idle_with_waiters": self.seconds_model_idle_with_waiters,
