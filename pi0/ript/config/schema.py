@@ -78,7 +78,12 @@ class TaskConfig:
 @dataclass
 class PolicyConfig:
     checkpoint_path: str = "checkpoints/pi0_libero_pytorch"
-    kind: str = "auto"  # auto: pi0 if checkpoint_path exists, else the small built-in policy; or "pi0" / "small"
+    # auto: pi0 or pi0.5 as the checkpoint's config.json says when checkpoint_path exists, else the small built-in
+    # policy; or "pi0" / "pi05" / "small"
+    kind: str = "auto"
+    # PaliGemma tokenizer (a directory with tokenizer.model or tokenizer.json, or that file); empty: the checkpoint
+    # directory's own. Needed for LeRobot checkpoints, which never store the tokenizer.
+    tokenizer_path: str = ""
     device: str = "auto"  # auto: cuda if available, else cpu
     dtype: str = "float32"  # float32 | bfloat16
     # pi0 sampling in eval/bench: auto (cuda-graph on CUDA, none on a CPU) | none (eager) | cuda-graph (one CUDA graph
@@ -188,7 +193,12 @@ def validate(cfg: DictConfig) -> None:
         _require(t[key] >= 0, f"task.{key}={t[key]} must be >= 0 milliseconds")
         _require(t[key] == 0 or t.benchmark_name in BUILTIN_SUITES, f"task.{key}: only the built-in reach task emulates step time, not {t.benchmark_name}")
     _require(all(i >= 0 for i in t.task_ids), f"task.task_ids={list(t.task_ids)} must be non-negative task indices")
-    _require(cfg.policy.kind in ("auto", "pi0", "small"), f"policy.kind={cfg.policy.kind!r}: use auto, pi0 or small")
+    _require(cfg.policy.kind in ("auto", "pi0", "pi05", "small"), f"policy.kind={cfg.policy.kind!r}: use auto, pi0, pi05 or small")
+    tokenizer_file = Path(cfg.policy.tokenizer_path)
+    _require(
+        not cfg.policy.tokenizer_path or not tokenizer_file.is_file() or tokenizer_file.name in ("tokenizer.model", "tokenizer.json"),
+        f"policy.tokenizer_path={cfg.policy.tokenizer_path!r}: point it at PaliGemma's tokenizer directory, or its tokenizer.model / tokenizer.json",
+    )
     _require(cfg.policy.dtype in ("float32", "bfloat16"), f"policy.dtype={cfg.policy.dtype!r}: use float32 or bfloat16")
     _require(
         cfg.policy.compile in ("auto", "none", "cuda-graph", "default", "reduce-overhead"),
