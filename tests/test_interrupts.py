@@ -57,7 +57,7 @@ import sys
 sys.path.insert(0, {tests!r})
 from conftest import reach_config
 from pi0.ript.env.episode import EpisodeRequest
-from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner
+from pi0.ript.env.parallel_runner import PI0LiberoRunner
 from pi0.ript.policy.small_policy import SmallPolicy
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO_ROOT, reach_config
 from pi0.model.policy import make_tiny_policy
 from pi0.ript.env.episode import EpisodeRequest
-from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner
+from pi0.ript.env.parallel_runner import PI0LiberoRunner
 from pi0.ript.env.reach_sim import ReachEnvSpec
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import libero_config
 from pi0.ript.env.episode import EpisodeRequest
-from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner
+from pi0.ript.env.parallel_runner import PI0LiberoRunner
 from pi0.ript.env.sim import OBS_KEYS
 from pi0.ript.policy.small_policy import SmallPolicy
 

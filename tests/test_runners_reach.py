@@ -15,8 +15,8 @@ import pytest
 from conftest import reach_config
 from pi0.ript.env import create_env_runner
 from pi0.ript.env.episode import EpisodeRequest
-from pi0.ript.env.pi0_libero_runner import LIBEROEnvRunner
-from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner, WorkerFailuresExhausted
+from pi0.ript.env.serial_runner import LIBEROEnvRunner
+from pi0.ript.env.parallel_runner import PI0LiberoRunner, WorkerFailuresExhausted
 from pi0.ript.env.rollout import PolicyActionError
 from pi0.ript.env.sim import OBS_KEYS
 from pi0.ript.policy.protocol import PolicyOutput

@@ -337,8 +337,8 @@ class _RunnerPool:
         if key != self.key:
             self.close()
             from pi0.ript.config.schema import load_config
-            from pi0.ript.env.pi0_libero_runner import LIBEROEnvRunner
-            from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner
+            from pi0.ript.env.serial_runner import LIBEROEnvRunner
+            from pi0.ript.env.parallel_runner import PI0LiberoRunner
 
             cfg = load_config(None, [f"task.benchmark_name={self.args.suite}", f"task.num_parallel_envs={n}",
                                      f"task.image_size={self.args.image_size}"])
@@ -491,7 +491,7 @@ def bench_features(args, results, pool) -> None:
 def _emulated_runner(args, workers: int, step_ms: float, render_ms: float, on: bool):
     """A parallel runner on reach with the step-time model, built from config keys like any run."""
     from pi0.ript.config.schema import load_config
-    from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner
+    from pi0.ript.env.parallel_runner import PI0LiberoRunner
 
     cfg = load_config(None, [
         "task.benchmark_name=reach", f"task.num_parallel_envs={workers}", f"task.image_size={min(args.image_size, 64)}",
@@ -767,9 +767,9 @@ def markdown(results) -> str:
             add(f"| {name} | " + " | ".join(_f(point[b]["chunks_per_second"]) for b in batches) + " |")
         add("")
     def row(name, p):
-        ph = p["phase_seconds"]
+        ph = p["phase_seconds"]  # runs saved before the rename call stepping_envs waiting_on_workers
         return (f"| {name} | {_f(p['env_steps_per_second'])} | {_f(p['episodes_per_hour'])} | {_f(p.get('ratio_to_sim_limit'))} | "
-                f"{_f(p.get('ratio_to_serial'))} | {_f(p['mean_batch_size'])} | {ph['waiting_on_workers']:.1f} / {ph['inference']:.1f} / {ph['main_loop_other']:.1f} of {p['wall_seconds']:.1f} |")
+                f"{_f(p.get('ratio_to_serial'))} | {_f(p['mean_batch_size'])} | {ph.get('stepping_envs', ph.get('waiting_on_workers', 0.0)):.1f} / {ph['inference']:.1f} / {ph['main_loop_other']:.1f} of {p['wall_seconds']:.1f} |")
     head = "| run | env-steps/s | episodes/h | / sim limit | / serial | mean batch | s waiting / inference / other of wall |\n|---|---|---|---|---|---|---|"
     if "runners" in results:
         add("Runners, small policy, replan 5:\n")

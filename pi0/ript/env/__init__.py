@@ -11,9 +11,9 @@ def create_env_runner(config: DictConfig, policy: Any, rank: int = 0, world_size
     """`features.use_ript_vla_runner: true` -> PI0LiberoRunner (parallel workers), else LIBEROEnvRunner (serial).
     Tasks are sharded over ranks round-robin."""
     if bool(getattr(getattr(config, "features", None), "use_ript_vla_runner", False)):
-        from pi0.ript.env.pi0_libero_runner_ript_vla import PI0LiberoRunner as runner_class
+        from pi0.ript.env.parallel_runner import PI0LiberoRunner as runner_class
     else:
-        from pi0.ript.env.pi0_libero_runner import LIBEROEnvRunner as runner_class
+        from pi0.ript.env.serial_runner import LIBEROEnvRunner as runner_class
     return runner_class(
         policy=policy,
         benchmark_name=config.task.benchmark_name,

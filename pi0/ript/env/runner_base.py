@@ -31,7 +31,9 @@ class RunnerStats:
         self.inference_calls = 0
         self.inference_samples = 0
         self.worker_restarts = 0
-        self.seconds = {"inference": 0.0, "waiting_on_workers": 0.0}
+        # stepping_envs: the parallel runner's main thread waiting for worker replies; the serial runner stepping its
+        # env in-process.
+        self.seconds = {"inference": 0.0, "stepping_envs": 0.0}
         # Env-seconds (summed over envs) an env spent in a policy call, waiting while the model was free (held for
         # batch-mates), or waiting while it computed for others (queued): where an inference-bound run loses time.
         self.env_seconds = {"in_call": 0.0, "held_for_batch_mates": 0.0, "queued_behind_a_call": 0.0}
