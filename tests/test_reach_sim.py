@@ -75,3 +75,20 @@ def test_fast():
     for _ in range(1000):
         env.step(np.zeros(7), want_observation=True)
     assert 1000 / max(time.process_time() - start, 1e-9) > 500  # ~2-3k/s with rendering here; generous for slow CI
+
+
+def test_expert_chunk_is_the_demonstrators_next_actions_and_leaves_the_env_alone():
+    """Behaviour cloning reads demonstrations through `expert_chunk`: the actions `scripted_action` would take from
+    here, step after step, while the env itself stays where it is."""
+    from pi0.ript.env.reach_sim import ReachEnvSpec, scripted_action
+
+    env = ReachEnvSpec().make()
+    env.reset(1, 2)
+    env.step(np.array([0.5, -0.3, 0.0, 0, 0, 0, -1.0]), want_observation=False)
+    before = env.eef_position().copy()
+    chunk = env.expert_chunk(6)
+    assert chunk.shape == (6, 7) and np.array_equal(env.eef_position(), before)
+    for action in chunk:
+        assert np.array_equal(action, scripted_action(env))
+        env.step(action, want_observation=False)
+    env.close()

@@ -58,6 +58,18 @@ def test_parallel_and_serial_runners_give_the_same_episodes(no_orphans):
     assert _signature(serial_episodes) == _signature(parallel_episodes)
 
 
+@pytest.mark.parametrize("runner_cls", [LIBEROEnvRunner, PI0LiberoRunner])
+def test_runners_number_episodes_without_writing_into_the_callers_requests(runner_cls, no_orphans):
+    """Episodes carry their position in the request list; the requests handed in are left as they were, so a caller
+    can run the same list again (the trainer's evaluation does)."""
+    requests = [EpisodeRequest(task_id=t, init_state=0, request_id=7) for t in (1, 0, 1)]
+    with runner_cls(POLICY, config=reach_config("task.num_parallel_envs=2", "task.max_episode_length=4")) as runner:
+        first = sorted((e.request_id, e.task_id) for e in runner.run_episodes(requests))
+        again = sorted((e.request_id, e.task_id) for e in runner.run_episodes(requests))
+    assert first == again == [(0, 1), (1, 0), (2, 1)]
+    assert [r.request_id for r in requests] == [7, 7, 7]
+
+
 def test_overlapped_and_lockstep_inference_give_the_same_episodes(no_orphans):
     results = []
     for overlap in ("true", "false"):

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pi0.ript.env.reach_sim import ReachEnvSpec, ReachSim, scripted_action
+from pi0.ript.env.reach_sim import ReachEnvSpec, scripted_action
 
 log = logging.getLogger("pi0.ript.bc")
 
@@ -30,19 +30,6 @@ class Demonstrations:
     observations: list[dict[str, np.ndarray]]
     instructions: list[str]
     action_chunks: np.ndarray  # [N, H, 7] env actions: the clean demonstrator's next H actions
-
-
-def _clean_chunk(env: ReachSim, chunk_size: int) -> np.ndarray:
-    """The demonstrator's next `chunk_size` actions from the env's current state, simulated on a scratch copy."""
-    scratch = ReachSim(env.spec)
-    state = np.concatenate([env.eef_position(), env._targets.reshape(-1)])
-    scratch.reset(env._task_id, state)
-    actions = []
-    for _ in range(chunk_size):
-        action = scripted_action(scratch)
-        actions.append(action)
-        scratch.step(action, want_observation=False)
-    return np.stack(actions)
 
 
 def collect_demonstrations(
@@ -65,7 +52,7 @@ def collect_demonstrations(
             for _ in range(max_steps):
                 observations.append(observation)
                 instructions.append(reset.instruction)
-                chunks.append(_clean_chunk(env, chunk_size))
+                chunks.append(env.expert_chunk(chunk_size))
                 result = env.step(scripted_action(env, rng, noise), want_observation=True)
                 observation = result.observation
                 if result.success:

@@ -237,7 +237,7 @@ def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dic
         saved = generator.get_state()
         generator.manual_seed(tc.eval_seed + rank)
         rollout_policy.deterministic = tc.eval_deterministic
-        successes = sum(float(e.success) for e in runner.run_episodes(list(map(copy.copy, eval_requests))))
+        successes = sum(float(e.success) for e in runner.run_episodes(eval_requests))
         rollout_policy.deterministic = False
         generator.set_state(saved)
         total = all_reduce_sum(torch.tensor([successes, float(len(eval_requests))]))

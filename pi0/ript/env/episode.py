@@ -15,7 +15,7 @@ class EpisodeRequest:
     task_id: int
     init_state: int | np.ndarray
     rollout_index: int = 0  # k of K when the same context is rolled out several times (RLOO)
-    request_id: int = 0  # position in the runner's request list; each request yields exactly one episode
+    request_id: int = 0  # set by the runner on its own copy: the position in its request list (one episode each)
 
     @property
     def init_state_index(self) -> int | None:

@@ -211,6 +211,18 @@ class ReachSim:
         """xyz of the named target (on the table, z = 0)."""
         return np.array([*self._targets[self._task_id], 0.0])
 
+    def expert_chunk(self, length: int) -> np.ndarray:
+        """[length, 7]: the scripted demonstrator's next `length` actions from the current state (`scripted_action`
+        without noise), simulated on a scratch copy so this env does not move. Demonstrations for behaviour cloning
+        come through here rather than through the env's internals."""
+        scratch = ReachSim(self.spec)
+        scratch.reset(self._task_id, np.concatenate([self.eef_position(), self._targets.reshape(-1)]))
+        actions = []
+        for _ in range(length):
+            actions.append(scripted_action(scratch))
+            scratch.step(actions[-1], want_observation=False)
+        return np.stack(actions)
+
     def eef_position(self) -> np.ndarray:
         return self._eef.copy()
 

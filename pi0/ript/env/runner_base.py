@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from typing import Any, Iterable, Iterator, Sequence
@@ -167,11 +169,8 @@ class RunnerBase:
     # --- shared machinery -----------------------------------------------------------------------------------
     @staticmethod
     def _numbered(requests: Iterable[EpisodeRequest]) -> list[EpisodeRequest]:
-        numbered = []
-        for i, request in enumerate(requests):
-            request.request_id = i
-            numbered.append(request)
-        return numbered
+        """The runner's own numbered copies: the caller's requests are never written to (it may reuse them)."""
+        return [dataclasses.replace(request, request_id=i) for i, request in enumerate(requests)]
 
     def _new_episode(self, request: EpisodeRequest, reset, want_frames: bool, restarts: int, label: str) -> EpisodeInProgress:
         return EpisodeInProgress(request, reset, self.replan_steps, self.max_steps, want_frames, restarts, label)
