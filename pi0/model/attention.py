@@ -7,6 +7,10 @@ sequence, one attention runs over it under pi0's block mask, and each tower take
 output projection, residuals and MLP. We reuse the layer's submodules (q/k/v/o projections, GemmaRMSNorm, GemmaMLP)
 and transformers' rotary helpers; only this wiring is ours.
 
+pi0.5 differs only in the action expert's norms: each is an adaptive RMSNorm (`AdaRMSNorm`) conditioned on the flow
+time, which also returns a gate for its residual branch (`x + gate * branch`). A tower given a condition in `conds`
+takes that path; a tower without one (PaliGemma always, pi0's expert) runs exactly the plain-norm code.
+
 The same function serves three cases:
   * prefix only (computing the key/value cache): towers = [vlm], no past;
   * suffix with a cached prefix (each denoising step): towers = [expert], past = the cached prefix keys/values;
@@ -45,6 +49,36 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(allowed[:, None], zero, neg)
 
 
+class AdaRMSNorm(nn.Module):
+    """pi0.5's adaptive RMSNorm (openpi / LeRobot `PiGemmaRMSNorm` with a condition): `dense` maps the condition
+    [B, cond_dim] to (scale, shift, gate), each [B, width]; the norm is rmsnorm(x) * (1 + scale) + shift (no learned
+    weight) and the gate multiplies the residual branch this norm feeds. Arithmetic in float32 like Gemma's norm."""
+
+    def __init__(self, width: int, cond_dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.dense = nn.Linear(cond_dim, 3 * width)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        scale, shift, gate = self.dense(cond.to(self.dense.weight.dtype))[:, None, :].chunk(3, dim=-1)
+        return (normed * (1.0 + scale.float()) + shift.float()).to(x.dtype), gate.to(x.dtype)
+
+
+def conditioned_norm(
+    norm: nn.Module, x: torch.Tensor, cond: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(normed x, gate): a plain Gemma norm without a condition (gate None), an AdaRMSNorm with one."""
+    if cond is None:
+        return norm(x), None
+    return norm(x, cond)
+
+
+def gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    return x + branch if gate is None else x + branch * gate
+
+
 def joint_layer(
     layers: Sequence[nn.Module],
     hiddens: Sequence[torch.Tensor],
@@ -53,6 +87,7 @@ def joint_layer(
     sin: torch.Tensor,
     past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     run_mlp: bool = True,
+    conds: Sequence[torch.Tensor | None] | None = None,
 ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """One pi0 layer over the concatenation of `hiddens` (one per tower, in sequence order).
 
@@ -60,13 +95,16 @@ def joint_layer(
     mask:    additive [B, 1, Q, K] with K = past length + sum of tower lengths.
     cos/sin: rotary tables for the Q new positions, [B, Q, head_dim].
     past_kv: keys/values (already rotated) of earlier tokens, [B, kv_heads, P, head_dim] each.
+    conds:   per tower, the adaRMS condition [B, cond_dim] (pi0.5's expert) or None (plain norms); None: all plain.
     Returns the new hidden states per tower and this layer's (rotated) keys/values for the new tokens.
     """
+    conds = conds if conds is not None else [None] * len(layers)
     attn0 = layers[0].self_attn
     head_dim = attn0.head_dim
-    qs, ks, vs = [], [], []
-    for layer, h in zip(layers, hiddens):
-        x = layer.input_layernorm(h)
+    qs, ks, vs, gates = [], [], [], []
+    for layer, h, cond in zip(layers, hiddens, conds):
+        x, gate = conditioned_norm(layer.input_layernorm, h, cond)
+        gates.append(gate)
         shape = (*x.shape[:-1], -1, head_dim)
         qs.append(layer.self_attn.q_proj(x).view(shape).transpose(1, 2))
         ks.append(layer.self_attn.k_proj(x).view(shape).transpose(1, 2))
@@ -87,12 +125,13 @@ def joint_layer(
 
     outputs = []
     start = 0
-    for layer, h in zip(layers, hiddens):
+    for layer, h, cond, gate in zip(layers, hiddens, conds, gates):
         end = start + h.shape[1]
         o = layer.self_attn.o_proj(out[:, start:end].to(layer.self_attn.o_proj.weight.dtype))
-        h = h + o
+        h = gated_residual(h, o, gate)
         if run_mlp:
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            x, gate = conditioned_norm(layer.post_attention_layernorm, h, cond)
+            h = gated_residual(h, layer.mlp(x), gate)
         outputs.append(h)
         start = end
     return outputs, new_kv

@@ -1,9 +1,13 @@
-"""Load and save pi0 weights: a directory with model.safetensors (or a sharded index), config.json, norm_stats.json
-and the tokenizer.
+"""Load and save pi0 / pi0.5 weights: a directory with model.safetensors (or a sharded index), config.json,
+norm_stats.json and the tokenizer; or a state dict already in memory with a PI0Config built by the caller.
 
-Parameter names: openpi's PyTorch conversion uses the module names of `PI0Pytorch` (`paligemma_with_expert...`,
-`action_in_proj...`); LeRobot's `PI0Policy` stores the same names under `model.`. Both load; we save openpi's names
-(no prefix).
+Parameter names: openpi's PyTorch conversion uses the module names of `PI0Pytorch` / `PI05Pytorch`
+(`paligemma_with_expert...`, `action_in_proj...`); LeRobot's `PI0Policy` / `PI05Policy` store the same names under
+`model.`. Both load; we save openpi's names (no prefix). pi0.5 differs by name in its suffix only: `time_mlp_in/out`
+instead of `state_proj` and `action_time_mlp_in/out`, and adaRMS expert norms (`...input_layernorm.dense.weight/bias`,
+`...post_attention_layernorm.dense.*`, `gemma_expert.model.norm.dense.*`) instead of `...layernorm.weight`. Which
+variant to build comes from the config (openpi's `"pi05": true`, LeRobot's `"type": "pi05"`; see PI0Config.from_dict);
+weights of the other variant are refused with a message saying so.
 
 lm_head, said out loud: both checkpoints carry `paligemma_with_expert.paligemma.lm_head.weight` (tied to the
 PaliGemma token embedding in Gemma) and `paligemma_with_expert.gemma_expert.lm_head.weight` (the expert has no
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -72,9 +77,26 @@ def canonical_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_weights(model: PI0Model, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Strict by name and shape; one-line errors naming the first offending keys."""
-    sd = canonical_names(sd)
+# Parameters only one variant has (canonical names): how a state dict tells which model it belongs to.
+_VARIANT_MARKERS = {"pi0": "action_time_mlp_in.weight", "pi05": "time_mlp_in.weight"}
+
+
+def checkpoint_variant(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """"pi0" or "pi05" by the parameters only that variant has (names with or without `model.`); None if neither."""
+    names = {n[len(LEROBOT_PREFIX) :] if n.startswith(LEROBOT_PREFIX) else n for n in sd}
+    found = [v for v, marker in _VARIANT_MARKERS.items() if marker in names]
+    return found[0] if len(found) == 1 else None
+
+
+def load_weights(model: PI0Model, sd: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Strict by name and shape; one-line errors naming the first offending keys (or the variant, if it differs)."""
+    sd = canonical_names(dict(sd))
+    want, got_variant = model.config.variant, checkpoint_variant(sd)
+    if got_variant is not None and got_variant != want:
+        raise ValueError(
+            f"{source}: these are {got_variant} weights but the config builds {want}; set pi05="
+            f"{got_variant == 'pi05'} in the config (openpi's config.json \"pi05\": true, LeRobot's \"type\": \"pi05\")"
+        )
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -91,18 +113,29 @@ def load_weights(model: PI0Model, sd: dict[str, torch.Tensor], source: str = "ch
 
 
 def load_model(
-    directory: str | Path,
+    source: str | Path | Mapping[str, torch.Tensor],
     config: PI0Config | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> PI0Model:
-    """Build a PI0Model from `directory` (config.json unless `config` is given) and load its weights."""
-    d = Path(directory)
-    cfg = config or PI0Config.load(d / CONFIG_NAME)
-    sd = read_state_dict(d)
+    """Build a PI0Model (pi0 or pi0.5, as `config` says) and load its weights, strictly by name and shape.
+
+    source: a directory (model.safetensors or a sharded index; its config.json is read unless `config` is given),
+            or a state dict already read (openpi or LeRobot names, with or without `model.`; `config` required).
+    The model is built on the meta device and takes the tensors themselves (no copy: a state dict's tensors become
+    the model's parameters where `device` and `dtype` already match), then moves to `device`/`dtype`.
+    """
+    if isinstance(source, Mapping):
+        if config is None:
+            raise ValueError("load_model(state_dict): a state dict carries no sizes; pass config=PI0Config(...)")
+        cfg, sd, where = config, source, "state dict"
+    else:
+        d = Path(source)
+        cfg = config or PI0Config.load(d / CONFIG_NAME)
+        sd, where = read_state_dict(d), str(d)
     with torch.device("meta"):
         model = PI0Model(cfg)
-    load_weights(model, sd, source=str(d))
+    load_weights(model, sd, source=where)
     # Non-persistent buffers (rotary inv_freq, SigLIP position ids) were created on meta: rebuild them for real.
     _materialise_buffers(model, cfg)
     return model.to(device=device, dtype=dtype).eval()
@@ -126,5 +159,6 @@ def save_weights(model: PI0Model, directory: str | Path) -> Path:
     # contiguous + cloned: safetensors refuses shared storage and views.
     sd = {k: v.detach().contiguous().clone().cpu() for k, v in model.state_dict().items()}
     path = d / WEIGHTS_NAME
-    save_file(sd, str(path), metadata={"format": "pt", "names": "openpi (no 'model.' prefix); no lm_head"})
+    metadata = {"format": "pt", "names": "openpi (no 'model.' prefix); no lm_head", "variant": model.config.variant}
+    save_file(sd, str(path), metadata=metadata)
     return path

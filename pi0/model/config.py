@@ -1,8 +1,13 @@
-"""pi0 sizes and checkpoint-level settings in one dataclass, with `full` and `tiny` presets.
+"""pi0 / pi0.5 sizes and checkpoint-level settings in one dataclass, with `full` and `tiny` presets.
 
 `full` is openpi's pi0 (PaliGemma gemma_2b + expert gemma_300m + SigLIP so400m at 224 px). `tiny` keeps every
 structural choice (8 heads, 1 KV head, two towers of equal depth, chunk 50, 32-dim state/action) with small widths,
 so tests and the CPU demo run the exact same code path.
+
+`pi05=True` selects pi0.5 (openpi's field name): the same towers, with the flow time entering the action expert
+through adaptive RMSNorms (`time_mlp_in/out` -> adaRMS condition) instead of being mixed into the action tokens, and
+no state token (pi0.5 reads the state as text in its prompt). The presets (`full`, `tiny`) and foreign config.json
+files then default to pi0.5's prompt budget of 200 tokens and quantile normalisation (PI05_DEFAULTS).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ GEMMA_2B = GemmaDims(width=2048, depth=18, mlp_dim=16_384, num_heads=8, num_kv_h
 GEMMA_300M = GemmaDims(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256)
 SIGLIP_SO400M = VisionDims(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16)
 PALIGEMMA_VOCAB = 257_152
+# What a pi0.5 preset or a foreign pi0.5 config.json changes beside the model itself, unless it says otherwise.
+PI05_DEFAULTS = {"max_token_len": 200, "norm_mode": "quantile"}
 
 
 @dataclass(frozen=True)
@@ -60,8 +67,10 @@ class PI0Config:
     time_beta_beta: float = 1.0
     time_scale: float = 0.999
     time_offset: float = 0.001
-    # Prompt token budget (pi0: 48).
+    # Prompt token budget (pi0: 48; pi0.5: 200, set by the presets, see PI05_DEFAULTS).
     max_token_len: int = 48
+    # pi0.5: adaRMS time conditioning in the action expert, no state token, no state_proj / action_time_mlp.
+    pi05: bool = False
     # --- policy / checkpoint-level settings (they travel in config.json) ---
     # Which env-action dims the checkpoint predicts relative to the state (openpi's extra delta transform for
     # pi0_libero: dims 0-5 are deltas to the eef pose, the gripper (6) stays absolute).
@@ -93,14 +102,27 @@ class PI0Config:
     def tokens_per_image(self) -> int:
         return (self.vision.image_size // self.vision.patch_size) ** 2
 
+    @property
+    def variant(self) -> str:
+        """"pi0" or "pi05" (LeRobot's policy type names)."""
+        return "pi05" if self.pi05 else "pi0"
+
     # ---- presets ----
+    @staticmethod
+    def _variant_defaults(overrides: dict[str, Any]) -> dict[str, Any]:
+        if overrides.get("pi05"):
+            return {**PI05_DEFAULTS, **overrides}
+        return overrides
+
     @classmethod
     def full(cls, **overrides: Any) -> "PI0Config":
-        return cls(**overrides)
+        """openpi's pi0, or with pi05=True its pi0.5 (prompt 200 tokens, quantile normalisation)."""
+        return cls(**cls._variant_defaults(overrides))
 
     @classmethod
     def tiny(cls, image_size: int = 112, vocab_size: int = 1024, **overrides: Any) -> "PI0Config":
         """Small widths, same structure. 112 px (64 image tokens) keeps a batch of 8 well under a second on CPU."""
+        overrides = cls._variant_defaults(overrides)
         return cls(
             vlm=GemmaDims(width=64, depth=2, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=16),
             expert=GemmaDims(width=48, depth=2, mlp_dim=96, num_heads=8, num_kv_heads=1, head_dim=16),
@@ -113,9 +135,14 @@ class PI0Config:
 
     @classmethod
     def from_dims_json(cls, path: str | Path) -> "PI0Config":
-        """The `dims.json` written next to a LeRobot-built reference model (shared/pi0_reference/lerobot_tiny)."""
+        """The `dims.json` written next to a LeRobot-built reference model (shared/pi0_reference/lerobot_tiny, or
+        pi05_reference/lerobot_tiny, whose `"type": "pi05"` selects pi0.5)."""
         d = json.loads(Path(path).read_text())
+        variant = {"pi05": True} if d.get("type") == "pi05" else {}
+        if "tokenizer_max_length" in d:
+            variant["max_token_len"] = d["tokenizer_max_length"]
         return cls(
+            **cls._variant_defaults(variant),
             vlm=GemmaDims(**d["vlm"]),
             expert=GemmaDims(**d["expert"]),
             vision=VisionDims(**d["vision"]),
@@ -132,13 +159,15 @@ class PI0Config:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["delta_action_dims"] = list(self.delta_action_dims)
-        d["type"] = "pi0"
+        d["type"] = self.variant
         d["format"] = "pi0-ript"
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config.json") -> "PI0Config":
-        """Our own config.json, or LeRobot's / openpi's pi0 config (variant names, chunk and dim fields)."""
+        """Our own config.json, or LeRobot's / openpi's pi0 or pi0.5 config (variant names, chunk and dim fields).
+
+        pi0.5 is recognised by openpi's `"pi05": true` or LeRobot's `"type": "pi05"`."""
         if d.get("format") == "pi0-ript":
             known = {f.name for f in dataclasses.fields(cls)}
             kw = {k: v for k, v in d.items() if k in known}
@@ -153,6 +182,8 @@ class PI0Config:
     def _from_foreign(cls, d: dict[str, Any], source: str) -> "PI0Config":
         variants = {"gemma_2b": GEMMA_2B, "gemma_300m": GEMMA_300M}
         kw: dict[str, Any] = {}
+        if d.get("pi05") or d.get("type") == "pi05":
+            kw["pi05"] = True
         for key, name in (("paligemma_variant", "vlm"), ("action_expert_variant", "expert")):
             if key in d:
                 if d[key] not in variants:
@@ -177,7 +208,7 @@ class PI0Config:
             kw["vision"] = dataclasses.replace(SIGLIP_SO400M, image_size=int(res[0]))
         if "delta_action_dims" in d:
             kw["delta_action_dims"] = tuple(d["delta_action_dims"])
-        return cls(**kw)
+        return cls(**cls._variant_defaults(kw))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

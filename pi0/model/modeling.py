@@ -11,6 +11,14 @@ Sequence layout and masks (openpi's):
   suffix = [state token] + [chunk_size action tokens]; the state token opens a block (sees prefix + itself), the
   first action token opens another (actions see everything, nothing earlier sees them).
   Positions (RoPE) count only real tokens: cumsum(pad_mask) - 1.
+
+pi0.5 (`config.pi05`, openpi's / LeRobot 0.6.1's `PI05Pytorch`) is the same model with three changes, all in the
+suffix: (1) the flow time becomes a condition vector (sinusoidal embedding -> `time_mlp_in` -> SiLU -> `time_mlp_out`
+-> SiLU) that drives an adaptive RMSNorm (attention.AdaRMSNorm: scale, shift and a residual gate) in place of every
+expert norm, the final one included; (2) the action tokens are `action_in_proj(x_t)` alone (no `action_time_mlp`);
+(3) there is no state token and no `state_proj` (pi0.5 writes the state into its prompt), so the suffix is the
+chunk_size action tokens, the first opening a block. The prefix, the cache, the joint attention and the sampler are
+shared: a `state` argument is accepted and ignored.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from torch import nn
 from transformers import GemmaConfig, SiglipVisionConfig, SiglipVisionModel
 from transformers.models.gemma.modeling_gemma import GemmaDecoderLayer, GemmaRMSNorm, GemmaRotaryEmbedding
 
-from .attention import additive_mask, joint_layer, make_att_2d_masks
+from .attention import AdaRMSNorm, additive_mask, conditioned_norm, joint_layer, make_att_2d_masks
 from .config import GemmaDims, PI0Config
 
 
@@ -46,14 +54,23 @@ def _gemma_config(d: GemmaDims, vocab_size: int) -> GemmaConfig:
 
 
 class _GemmaStack(nn.Module):
-    """`layers` + final `norm` (+ optional `embed_tokens`), named like transformers' GemmaModel."""
+    """`layers` + final `norm` (+ optional `embed_tokens`), named like transformers' GemmaModel.
 
-    def __init__(self, cfg: GemmaConfig, with_embeddings: bool):
+    With `adarms_cond_dim` (pi0.5's expert) every norm, both per layer and the final one, is an AdaRMSNorm: checkpoint
+    names `...input_layernorm.dense.weight/bias` instead of `...input_layernorm.weight`."""
+
+    def __init__(self, cfg: GemmaConfig, with_embeddings: bool, adarms_cond_dim: int | None = None):
         super().__init__()
         # Plain nn.Embedding: pi0 scales prompt embeddings by sqrt(width) itself (embed_prefix), not inside the table.
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size) if with_embeddings else None
         self.layers = nn.ModuleList([GemmaDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)])
         self.norm = GemmaRMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        if adarms_cond_dim is not None:
+            ada = lambda: AdaRMSNorm(cfg.hidden_size, adarms_cond_dim, eps=cfg.rms_norm_eps)  # noqa: E731
+            for layer in self.layers:
+                layer.input_layernorm = ada()
+                layer.post_attention_layernorm = ada()
+            self.norm = ada()
 
 
 class _Projector(nn.Module):
@@ -103,9 +120,9 @@ class _PaliGemma(nn.Module):
 
 
 class _Expert(nn.Module):
-    def __init__(self, cfg: GemmaConfig):
+    def __init__(self, cfg: GemmaConfig, adarms_cond_dim: int | None):
         super().__init__()
-        self.model = _GemmaStack(cfg, with_embeddings=False)
+        self.model = _GemmaStack(cfg, with_embeddings=False, adarms_cond_dim=adarms_cond_dim)
 
 
 class PaliGemmaWithExpert(nn.Module):
@@ -113,7 +130,8 @@ class PaliGemmaWithExpert(nn.Module):
         super().__init__()
         vlm_cfg = _gemma_config(cfg.vlm, cfg.vocab_size)
         self.paligemma = _PaliGemma(cfg, vlm_cfg)
-        self.gemma_expert = _Expert(_gemma_config(cfg.expert, cfg.vocab_size))
+        # pi0.5: the expert's norms are conditioned on the time MLP's output, whose width is the expert's.
+        self.gemma_expert = _Expert(_gemma_config(cfg.expert, cfg.vocab_size), cfg.expert.width if cfg.pi05 else None)
         # One rotary table for both towers (they share head_dim); a buffer, not a parameter.
         self.rotary_emb = GemmaRotaryEmbedding(vlm_cfg)
 
@@ -178,9 +196,13 @@ class PI0Model(nn.Module):
         w = config.expert.width
         self.action_in_proj = nn.Linear(config.max_action_dim, w)
         self.action_out_proj = nn.Linear(w, config.max_action_dim)
-        self.state_proj = nn.Linear(config.max_state_dim, w)
-        self.action_time_mlp_in = nn.Linear(2 * w, w)
-        self.action_time_mlp_out = nn.Linear(w, w)
+        if config.pi05:
+            self.time_mlp_in = nn.Linear(w, w)
+            self.time_mlp_out = nn.Linear(w, w)
+        else:
+            self.state_proj = nn.Linear(config.max_state_dim, w)
+            self.action_time_mlp_in = nn.Linear(2 * w, w)
+            self.action_time_mlp_out = nn.Linear(w, w)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -285,29 +307,48 @@ class PI0Model(nn.Module):
         return PrefixCache(keys, values, pad)
 
     # ------------------------------------------------------------------ suffix
+    def time_condition(self, t: torch.Tensor) -> torch.Tensor:
+        """pi0.5's adaRMS condition [B, expert width] for flow time t [B]: SiLU(time_mlp_out(SiLU(time_mlp_in(emb(t)))))."""
+        if not self.config.pi05:
+            raise RuntimeError("time_condition is pi0.5's (config.pi05); pi0 mixes the time into its action tokens")
+        w = self.config.expert.width
+        temb = sinusoidal_time_embedding(t.to(torch.float32), w, self.config.min_period, self.config.max_period)
+        return F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(temb.to(self.dtype)))))
+
     def embed_suffix(
         self,
-        state: torch.Tensor,
+        state: torch.Tensor | None,
         x_t: torch.Tensor,
         t: torch.Tensor,
         action_token_bias: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """-> [B, 1 + H, expert width]: the state token, then one token per action mixing x_t with the flow time."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (tokens, adaRMS condition). pi0: [B, 1 + H, expert width], the state token then one token per action
+        mixing x_t with the flow time, and no condition. pi0.5: [B, H, expert width], action_in_proj(x_t) alone, and
+        the time condition [B, expert width] (`state` is not read). `action_token_bias` [B, width] is added to every
+        action token in both."""
         dt = self.dtype
-        state_emb = self.state_proj(state.to(dt))[:, None, :]
         act = self.action_in_proj(x_t.to(dt))
-        temb = sinusoidal_time_embedding(t.to(torch.float32), act.shape[-1], self.config.min_period, self.config.max_period)
-        temb = temb.to(dt)[:, None, :].expand_as(act)
-        h = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(torch.cat([act, temb], dim=2))))
+        if self.config.pi05:
+            h = act
+        else:
+            if state is None:
+                raise ValueError("pi0 needs the normalised state [B, max_state_dim] for its state token; got None")
+            temb = sinusoidal_time_embedding(t.to(torch.float32), act.shape[-1], self.config.min_period, self.config.max_period)
+            temb = temb.to(dt)[:, None, :].expand_as(act)
+            h = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(torch.cat([act, temb], dim=2))))
         if action_token_bias is not None:
             h = h + action_token_bias.to(dt)[:, None, :]
-        return torch.cat([state_emb, h], dim=1)
+        if self.config.pi05:
+            return h, self.time_condition(t)
+        return torch.cat([self.state_proj(state.to(dt))[:, None, :], h], dim=1), None
 
     def _suffix_att(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        n = 1 + self.config.chunk_size
+        state_tokens = 0 if self.config.pi05 else 1
+        n = state_tokens + self.config.chunk_size
         pad = torch.ones(batch, n, dtype=torch.bool, device=device)
         att = torch.zeros(batch, n, dtype=torch.long, device=device)
-        att[:, :2] = 1  # state token opens a block, the first action token opens the next
+        # pi0: the state token opens a block, the first action token opens the next; pi0.5: the first action token.
+        att[:, : state_tokens + 1] = 1
         return pad, att
 
     def _suffix_context(self, cache: PrefixCache, suffix: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -327,23 +368,24 @@ class PI0Model(nn.Module):
     def velocity(
         self,
         prefix_cache: PrefixCache,
-        state: torch.Tensor,
+        state: torch.Tensor | None,
         x_t: torch.Tensor,
         t: torch.Tensor | float,
         action_token_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Flow velocity v(x_t, t) [B, H, max_action_dim] in float32, reading the prefix from its cache."""
+        """Flow velocity v(x_t, t) [B, H, max_action_dim] in float32, reading the prefix from its cache. `state` feeds
+        pi0's state token; pi0.5 ignores it (None is fine there)."""
         b = x_t.shape[0]
         t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device)
         if t.ndim == 0:
             t = t.expand(b)
-        suffix = self.embed_suffix(state, x_t, t, action_token_bias)
+        suffix, cond = self.embed_suffix(state, x_t, t, action_token_bias)
         mask, cos, sin = self._suffix_context(prefix_cache, suffix)
         h = suffix
         for i, layer in enumerate(self.paligemma_with_expert.expert_layers):
             past = (prefix_cache.keys[i], prefix_cache.values[i])
-            (h,), _ = self._joint_layer("expert", [layer], [h], mask, cos, sin, past_kv=past)
-        h = self.paligemma_with_expert.gemma_expert.model.norm(h)
+            (h,), _ = self._joint_layer("expert", [layer], [h], mask, cos, sin, past_kv=past, conds=[cond])
+        h, _ = conditioned_norm(self.paligemma_with_expert.gemma_expert.model.norm, h, cond)
         return self.action_out_proj(h[:, -self.config.chunk_size :]).to(torch.float32)
 
     def velocity_uncached(
@@ -352,7 +394,7 @@ class PI0Model(nn.Module):
         image_masks: list[torch.Tensor],
         tokens: torch.Tensor,
         token_masks: torch.Tensor,
-        state: torch.Tensor,
+        state: torch.Tensor | None,
         x_t: torch.Tensor,
         t: torch.Tensor,
         action_token_bias: torch.Tensor | None = None,
@@ -363,7 +405,8 @@ class PI0Model(nn.Module):
         t = torch.as_tensor(t, dtype=torch.float32, device=prefix.device)
         if t.ndim == 0:
             t = t.expand(b)
-        suffix = self.embed_suffix(state, x_t, t, action_token_bias).to(prefix.dtype)
+        suffix, cond = self.embed_suffix(state, x_t, t, action_token_bias)
+        suffix = suffix.to(prefix.dtype)
         s_pad, s_att = self._suffix_att(b, prefix.device)
         pad = torch.cat([ppad, s_pad], dim=1)
         att = torch.cat([torch.zeros_like(ppad, dtype=torch.long), s_att], dim=1)
@@ -373,8 +416,8 @@ class PI0Model(nn.Module):
         hs = [prefix, suffix]
         pwe = self.paligemma_with_expert
         for vlm_layer, exp_layer in zip(pwe.vlm_layers, pwe.expert_layers):
-            hs, _ = self._joint_layer("language", [vlm_layer, exp_layer], hs, mask, cos, sin)
-        h = pwe.gemma_expert.model.norm(hs[1])
+            hs, _ = self._joint_layer("language", [vlm_layer, exp_layer], hs, mask, cos, sin, conds=[None, cond])
+        h, _ = conditioned_norm(pwe.gemma_expert.model.norm, hs[1], cond)
         return self.action_out_proj(h[:, -self.config.chunk_size :]).to(torch.float32)
 
     # ------------------------------------------------------------------ flow matching
@@ -398,7 +441,7 @@ class PI0Model(nn.Module):
         image_masks: list[torch.Tensor],
         tokens: torch.Tensor,
         token_masks: torch.Tensor,
-        state: torch.Tensor,
+        state: torch.Tensor | None,
         noise: torch.Tensor | None = None,
         num_steps: int | None = None,
         generator: torch.Generator | None = None,
@@ -411,7 +454,7 @@ class PI0Model(nn.Module):
         With return_trajectory, also returns every intermediate x_t, [B, num_steps + 1, H, 32] (x_1 = noise first).
         """
         n = num_steps or self.config.num_inference_steps
-        b = state.shape[0]
+        b = tokens.shape[0]
         if noise is None:
             noise = self.sample_noise(b, generator)
         cache = self.compute_prefix_cache(images, image_masks, tokens, token_masks, slots_present)
@@ -420,7 +463,7 @@ class PI0Model(nn.Module):
     def integrate(
         self,
         cache: PrefixCache,
-        state: torch.Tensor,
+        state: torch.Tensor | None,
         noise: torch.Tensor,
         num_steps: int,
         return_trajectory: bool = False,
@@ -446,7 +489,7 @@ class PI0Model(nn.Module):
         image_masks: list[torch.Tensor],
         tokens: torch.Tensor,
         token_masks: torch.Tensor,
-        state: torch.Tensor,
+        state: torch.Tensor | None,
         actions: torch.Tensor,
         noise: torch.Tensor | None = None,
         time: torch.Tensor | None = None,
