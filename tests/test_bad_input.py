@@ -49,7 +49,9 @@ CASES = [
     (["task.num_wait_steps=-1"], "task.num_wait_steps=-1 must be >= 0"),
     (["policy.dtype=float16"], "policy.dtype='float16': use float32 or bfloat16"),
     (["policy.kind=pi0", "policy.checkpoint_path=/nonexistent/ckpt"], "policy.checkpoint_path='/nonexistent/ckpt' is not a directory"),
+    (["algo.loss=sgd"], "algo.loss='sgd': use one of ppo, cfg"),
     (["algo.optimizer=sgd"], "algo.optimizer='sgd': use one of ppo, cfg"),
+    (["algo.optimizer=cfg", "algo.loss=ppo2"], "algo.loss='ppo2' disagree"),
     (["algo.cfg_null_anchor=previous"], "algo.cfg_null_anchor='previous': use none, start or rollout"),
     (["algo.cfg_fit_negatives=false"], "algo.cfg_guidance_base=negative needs algo.cfg_fit_negatives=true"),
     (["runner.start_method=thread"], "runner.start_method='thread': use spawn, forkserver or fork"),
@@ -109,3 +111,11 @@ def test_the_console_script_prints_no_traceback():
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "error: task.image_size=0 must be >= 16 pixels"
+
+
+def test_algo_optimizer_is_the_earlier_name_of_algo_loss():
+    from pi0.ript.config.schema import load_config
+
+    assert load_config(None, ["algo.optimizer=cfg"]).algo.loss == "cfg"
+    assert load_config(None, ["algo.optimizer=cfg"]).algo.optimizer is None  # folded: one key is read
+    assert load_config(None, []).algo.loss == "ppo"

@@ -322,7 +322,7 @@ def reach_cfg(policy_dir, output_dir, iterations: int):
     return load_config(None, [
         "task.benchmark_name=reach", f"task.image_size={IMAGE_SIZE}", "task.num_wait_steps=0", "task.max_episode_length=10",
         "task.replan_steps=4", "features.use_ript_vla_runner=false", f"policy.checkpoint_path={policy_dir}", "policy.device=cpu",
-        "algo.optimizer=cfg", "algo.rollouts_per_env=2", "algo.num_contexts=2", "algo.num_denoise_steps=3",
+        "algo.loss=cfg", "algo.rollouts_per_env=2", "algo.num_contexts=2", "algo.num_denoise_steps=3",
         "algo.dynamic_sampling=false", "algo.num_minibatches=2", "algo.update_epochs=1", "algo.kl_coef=0.05",
         f"train.num_iterations={iterations}", "train.learning_rate=1e-3", "train.checkpoint_every=1", "train.progress=false",
         f"train.output_dir={output_dir}",

@@ -80,8 +80,8 @@ def assert_same_training(a: Path, b: Path, weight_atol: float) -> None:
 @pytest.mark.parametrize("optimizer, iterations, checkpointing", [("ppo", 2, "none"), ("cfg", 1, "all")])
 def test_fsdp_trains_like_replicated(bc_policy, tmp_path, optimizer, iterations, checkpointing):
     sharded, replicated = tmp_path / "fsdp", tmp_path / "replicated"
-    torchrun(bc_policy, sharded, "fsdp", iterations, f"algo.optimizer={optimizer}", f"train.activation_checkpointing={checkpointing}")
-    torchrun(bc_policy, replicated, "replicated", iterations, f"algo.optimizer={optimizer}")
+    torchrun(bc_policy, sharded, "fsdp", iterations, f"algo.loss={optimizer}", f"train.activation_checkpointing={checkpointing}")
+    torchrun(bc_policy, replicated, "replicated", iterations, f"algo.loss={optimizer}")
     lines = metrics(sharded)
     assert all(m["update/grad_norm"] > 0 and m["update/loss"] != 0 for m in lines)  # real gradients flowed
     assert any(0 < m["rollout/success_rate"] < 1 for m in lines)  # real advantages (ppo) / both conditions (cfg)

@@ -52,7 +52,7 @@ def bc_checkpoint(tmp_path_factory) -> Path:
 def test_rl_raises_success(bc_checkpoint, tmp_path, optimizer, min_lift):
     output_dir = tmp_path / optimizer
     cfg = load_config(DEMO_CONFIG, [f"policy.checkpoint_path={bc_checkpoint}", f"train.output_dir={output_dir}",
-                                    "train.progress=false", f"algo.optimizer={optimizer}"])
+                                    "train.progress=false", f"algo.loss={optimizer}"])
     started = time.perf_counter()
     history = train(cfg)["success_history"]
     seconds = time.perf_counter() - started

@@ -38,7 +38,7 @@ def overrides(policy_dir: Path, output_dir: Path, iterations: int, optimizer: st
         "task.benchmark_name=reach", f"task.image_size={IMAGE_SIZE}", "task.num_wait_steps=0",
         "task.max_episode_length=10", "task.replan_steps=5", "features.use_ript_vla_runner=false",
         f"policy.checkpoint_path={policy_dir}", "policy.device=cpu",
-        f"algo.optimizer={optimizer}", "algo.rollouts_per_env=2", "algo.num_contexts=2", "algo.num_denoise_steps=3",
+        f"algo.loss={optimizer}", "algo.rollouts_per_env=2", "algo.num_contexts=2", "algo.num_denoise_steps=3",
         "algo.dynamic_sampling=false", "algo.num_minibatches=2", "algo.update_epochs=1", "algo.kl_coef=0.05",
         "algo.learn_noise_scale=true", f"train.num_iterations={iterations}", "train.learning_rate=1e-3",
         "train.warmup_steps=3", "train.checkpoint_every=1", "train.progress=false", f"train.output_dir={output_dir}",

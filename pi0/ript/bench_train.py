@@ -154,7 +154,7 @@ def run_one(args) -> dict[str, Any]:
         "task.benchmark_name=reach", f"task.image_size={args.image_size}", "task.num_wait_steps=0",
         f"task.max_episode_length={args.episode_length}", "task.replan_steps=5", f"task.num_parallel_envs={args.workers}",
         "features.use_ript_vla_runner=true", f"policy.device={device.split(':')[0]}",
-        f"algo.optimizer={loss}", f"algo.rollouts_per_env={args.rollouts}", f"algo.num_contexts={args.contexts}",
+        f"algo.loss={loss}", f"algo.rollouts_per_env={args.rollouts}", f"algo.num_contexts={args.contexts}",
         "algo.dynamic_sampling=false", f"algo.num_denoise_steps={args.denoise_steps}", f"algo.num_minibatches={args.minibatches}",
         "algo.update_epochs=1", f"train.expert_only={part == 'expert'}", f"train.precision={args.precision}",
         f"train.activation_checkpointing={args.activation_checkpointing}", f"train.strategy={args.strategy}",

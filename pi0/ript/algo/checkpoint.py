@@ -138,7 +138,7 @@ def load_module_state(path: Path, module: torch.nn.Module) -> None:
     if missing or unexpected:
         raise RuntimeError(
             f"{path}/rl_state.safetensors does not match the policy (missing {missing[:3]}, unexpected {unexpected[:3]}):"
-            " resume with the same algo.optimizer and model"
+            " resume with the same algo.loss and model"
         )
 
 

@@ -30,6 +30,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from pi0.ript.config.algo_schema import SAMPLERS
+
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t [B,H,D], t [B]) -> v [B,H,D]
 
 
@@ -69,7 +71,6 @@ def step_times(num_steps: int) -> list[float]:
     return [1.0 - k / num_steps for k in range(num_steps)] + [0.0]
 
 
-SAMPLERS = ("ddpm", "additive")
 
 
 def transition(

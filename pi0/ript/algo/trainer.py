@@ -142,7 +142,7 @@ def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dic
     # (instead of only refitting the policy's own samples, which drifts): the starting policy, or the policy that
     # sampled the current iteration's rollouts (refreshed before each update).
     anchor = None
-    use_anchor = a.optimizer == "cfg" and a.cfg_null_anchor != "none" and a.cfg_anchor_coef > 0
+    use_anchor = a.loss == "cfg" and a.cfg_null_anchor != "none" and a.cfg_anchor_coef > 0
     if use_anchor and a.cfg_null_anchor == "start":
         anchor = reference if reference is not None else frozen_copy(rl, autocast_dtype)
     if found is not None:
@@ -254,7 +254,7 @@ def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dic
         chains = batch.chains[mb].to(device)
         stats: dict[str, float] = {}
         with rl.autocast():
-            if a.optimizer == "ppo":
+            if a.loss == "ppo":
                 new_log_prob, kl = rl.chain_log_prob(inputs, chains, not tc.expert_only, reference)
                 scored = stochastic_steps(a.num_denoise_steps, a.sampler)  # steps that carry a log-density
                 new_log_prob, old = new_log_prob[:, scored], batch.old_step_log_probs[mb][:, scored].to(new_log_prob)
@@ -287,7 +287,7 @@ def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dic
         nonlocal optimizer_steps
         totals: dict[str, float] = {}
         steps_taken = 0
-        if a.optimizer == "ppo" and batch.num_real > 0 and batch.old_step_log_probs is None:
+        if a.loss == "ppo" and batch.num_real > 0 and batch.old_step_log_probs is None:
             raise RuntimeError("ppo needs rollout log-probabilities: the rollouts were sampled without noise")
         for epoch in range(a.update_epochs):
             order = torch.randperm(len(batch), generator=update_generator)
@@ -344,7 +344,7 @@ def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dic
                 kept_advantages = advantages.flatten().tolist()
                 for (_, episodes, _), group_advantages in zip(groups.kept, advantages):
                     for episode, advantage in zip(episodes, group_advantages.tolist()):
-                        if a.optimizer == "cfg" and not a.cfg_fit_negatives and advantage <= 0:
+                        if a.loss == "cfg" and not a.cfg_fit_negatives and advantage <= 0:
                             continue  # fit only better-than-group chunks (the null condition sees them too)
                         records.extend((record, episode.instruction, advantage) for record in episode.inference)
             if a.normalize_advantages and records:
@@ -456,7 +456,7 @@ def make_rl_policy(cfg: DictConfig, base_policy: Any, seed: int) -> RLPolicy:
     a = cfg.algo
     return RLPolicy(
         base_policy,
-        optimizer=a.optimizer,
+        optimizer=a.loss,
         num_denoise_steps=a.num_denoise_steps,
         noise_scale=a.noise_scale,
         learn_noise_scale=a.learn_noise_scale,
@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pi0.ript.algo.trainer", description="RIPT-VLA training for pi0")
     parser.add_argument("--config", required=True, help="YAML config, e.g. pi0/ript/config/learning_demo.yaml")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
-    parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. algo.optimizer=cfg train.num_iterations=5")
+    parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. algo.loss=cfg train.num_iterations=5")
     args = parser.parse_args(argv)
     from pi0.ript.config.schema import load_config
 

@@ -1,17 +1,19 @@
 """The `algo` and `train` sections of the run config: every RIPT hyper-parameter, each with a one-line comment.
 
 Imported by `pi0.ript.config.schema` into the one structured config; `AlgoConfig.validate(cfg)` checks values (one-line
-`ValueError` naming the key and what is allowed), and is called from the schema's `validate`.
+`ConfigError` naming the key and what is allowed), and is called from the schema's `validate`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
-OPTIMIZERS = ("ppo", "cfg")
+from pi0.ript.config.errors import require as _require
+
+LOSSES = ("ppo", "cfg")
 REWARDS = ("success", "total_reward")
-SAMPLERS = ("ddpm", "additive")  # pi0.ript.algo.flow_sde.SAMPLERS (not imported: the schema loads no torch)
+SAMPLERS = ("ddpm", "additive")  # flow-SDE transition kinds (pi0.ript.algo.flow_sde imports them from here)
 STRATEGIES = ("replicated", "fsdp")
 PRECISIONS = ("auto", "bf16", "fp32")
 CHECKPOINTABLE_PARTS = ("vision", "language", "expert")  # pi0.model.modeling.CHECKPOINTABLE_PARTS
@@ -19,7 +21,8 @@ CHECKPOINTABLE_PARTS = ("vision", "language", "expert")  # pi0.model.modeling.CH
 
 @dataclass
 class AlgoConfig:
-    optimizer: str = "ppo"  # ppo: clipped PPO on flow-SDE chunk log-probs | cfg: advantage-conditioned flow matching
+    loss: str = "ppo"  # ppo: clipped PPO on flow-SDE chunk log-probs | cfg: advantage-conditioned flow matching
+    optimizer: Optional[str] = None  # the earlier name of algo.loss (AdamW is the optimizer): set, it stands for algo.loss
     rollouts_per_env: int = 8  # K: rollouts per context (task, init state), the RLOO group size
     num_contexts: int = 8  # contexts kept per iteration over all ranks (each rank keeps num_contexts / world_size)
     reward: str = "success"  # success: 1 if the episode succeeded else 0 | total_reward: the env's summed reward
@@ -53,7 +56,12 @@ class AlgoConfig:
     @staticmethod
     def validate(cfg: Any) -> None:
         a, t = cfg.algo, cfg.train
-        _require(a.optimizer in OPTIMIZERS, f"algo.optimizer={a.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        if a.optimizer is not None:  # the alias: folded into algo.loss, so the rest of the code reads one key
+            default = AlgoConfig.loss
+            _require(a.optimizer in LOSSES, f"algo.optimizer={a.optimizer!r}: use one of {', '.join(LOSSES)} (as algo.loss)")
+            _require(a.loss in (default, a.optimizer), f"algo.optimizer={a.optimizer!r} and algo.loss={a.loss!r} disagree: set algo.loss only")
+            a.loss, a.optimizer = a.optimizer, None
+        _require(a.loss in LOSSES, f"algo.loss={a.loss!r}: use one of {', '.join(LOSSES)}")
         _require(a.reward in REWARDS, f"algo.reward={a.reward!r}: use one of {', '.join(REWARDS)}")
         _require(a.rollouts_per_env >= 2, f"algo.rollouts_per_env={a.rollouts_per_env} must be >= 2 (leave-one-out)")
         _require(a.num_contexts >= 1, f"algo.num_contexts={a.num_contexts} must be >= 1")
@@ -128,8 +136,3 @@ def checkpointed_parts(setting: Any) -> tuple[str, ...]:
         return CHECKPOINTABLE_PARTS
     listed = tuple(p.strip() for p in value.split(",") if p.strip())
     return listed if set(listed) <= set(CHECKPOINTABLE_PARTS) else ()
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)

@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pi0.ript.config.algo_schema import AlgoConfig, TrainConfig
+from pi0.ript.config.errors import ConfigError
+from pi0.ript.config.errors import require as _require
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -43,10 +45,6 @@ DEFAULT_MAX_EPISODE_LENGTH = {
     "libero_90": 400,
     "reach": 40,
 }
-
-
-class ConfigError(ValueError):
-    """A bad configuration value: the message is one line naming the key and what is allowed."""
 
 
 @dataclass
@@ -159,11 +157,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
 def _unknown_suite_message(name: str) -> str:
     # Only this error path asks LIBERO's registry (an import of about a second), so a valid config never loads LIBERO.
     from pi0.ript.env.libero_sim import runnable_suites, suite_readiness
@@ -220,10 +213,7 @@ def validate(cfg: DictConfig) -> None:
             "features.enable_parallel_envs / enable_true_parallel_envs: the serial LIBEROEnvRunner runs one env; "
             "set features.use_ript_vla_runner: true for parallel envs"
         )
-    try:
-        AlgoConfig.validate(cfg)  # the algo/train checks live beside their keys
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    AlgoConfig.validate(cfg)  # the algo/train checks live beside their keys
 
 
 def apply_debug_mode(cfg: DictConfig) -> DictConfig:
