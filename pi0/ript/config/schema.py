@@ -46,6 +46,34 @@ DEFAULT_MAX_EPISODE_LENGTH = {
     "reach": 40,
 }
 
+# Evaluation protocols (`eval.protocol`): the harness whose settings an eval reproduces. A preset fills the keys below
+# unless the config file or an override sets them; docs/PROTOCOLS.md says where every value comes from.
+#   ript:    pi0-ript's own defaults (each episode's scene seeded from seed, task and init state: order-independent)
+#   openpi:  openpi's examples/libero/main.py (seed 7 once per task, the k-th reset continues that stream)
+#   lerobot: LeRobot's `lerobot-eval` with its LIBERO env (numpy seeded with seed + k before the k-th reset)
+PROTOCOLS = ("ript", "openpi", "lerobot")
+# How LIBERO's reset draws (fixture jitter, articulated-object joints, from numpy's global RNG) are seeded; see
+# LiberoSim. `episode`: from (task.seed, task, init state); `task_stream`: one stream per task seeded once with
+# task.seed, the episode at stream position k starting where the k-th reset of that stream starts (openpi);
+# `seed_plus_position`: numpy seeded with task.seed + k right before the reset at position k (LeRobot). The position
+# is the init-state index unless a request names another (EpisodeRequest.stream_position).
+RESET_SEEDINGS = ("episode", "task_stream", "seed_plus_position")
+PROTOCOL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "ript": {},  # the schema defaults below
+    "openpi": {
+        "task": {"seed": 7, "replan_steps": 5, "num_wait_steps": 10, "image_size": 256, "reset_seeding": "task_stream"},
+        "eval": {"episodes_per_task": 50, "init_state_offset": 0},
+    },
+    "lerobot": {
+        # replan_steps: the checkpoint's own n_action_steps when its config.json states one (lerobot-eval executes
+        # that many actions of each chunk), else LeRobot's PI0Config/PI05Config default, 50 (see protocol_preset)
+        "task": {"seed": 1000, "replan_steps": 50, "num_wait_steps": 10, "image_size": 256, "reset_seeding": "seed_plus_position"},
+        "eval": {"episodes_per_task": 50, "init_state_offset": 0},
+    },
+}
+# LeRobot's TASK_SUITE_MAX_STEPS (lerobot/envs/libero.py): libero_spatial gets 280 there, 220 in openpi.
+LEROBOT_MAX_EPISODE_LENGTH = {"libero_spatial": 280, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+
 
 @dataclass
 class FeaturesConfig:
@@ -66,6 +94,9 @@ class TaskConfig:
     num_wait_steps: int = 10  # no-op steps after setting the init state, so objects settle (not counted as steps)
     replan_steps: int = 5  # actions executed from each predicted chunk before the policy is asked again
     seed: int = 0
+    # how the reset's random draws (fixture placement) are seeded: episode | task_stream | seed_plus_position
+    # (RESET_SEEDINGS); eval.protocol sets it
+    reset_seeding: str = "episode"
     fast_render: bool = False  # cheaper rendering (no multisampling/reflections); images differ from training
     render_on_demand: bool = True  # render cameras only on steps whose observation the policy reads
     fast_reset: bool = True  # reset without rebuilding the simulation when proven equal to a hard reset
@@ -91,6 +122,9 @@ class PolicyConfig:
 
 @dataclass
 class EvalConfig:
+    # ript | openpi | lerobot: a preset for the task/eval keys that decide the numbers (PROTOCOL_PRESETS); keys the
+    # config file or an override sets keep their value
+    protocol: str = "ript"
     episodes_per_task: int = 10  # init states 0..N-1 (from init_state_offset) of each task
     init_state_offset: int = 0
     output_dir: str = "outputs/eval"
@@ -151,10 +185,39 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 if "=" not in item:
                     raise ConfigError(f"override {item!r} must look like key=value, e.g. task.num_parallel_envs=4")
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        preset = protocol_preset(cfg)
+        if preset:  # the preset sits between the defaults and what the user wrote, so explicit keys win
+            layers = ([file_cfg] if path is not None else []) + ([OmegaConf.from_dotlist(list(overrides))] if overrides else [])
+            cfg = OmegaConf.merge(OmegaConf.structured(Config), preset, *layers)
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from None
     validate(cfg)
     return cfg
+
+
+def protocol_preset(cfg: DictConfig) -> dict[str, Any]:
+    """The keys eval.protocol presets for this config (LeRobot's steps per chunk come from its checkpoint); {} for
+    ript or an unknown name (validate() reports that one)."""
+    name = cfg.eval.protocol
+    if not PROTOCOL_PRESETS.get(name):
+        return {}
+    preset = {group: dict(keys) for group, keys in PROTOCOL_PRESETS[name].items()}
+    if name == "lerobot":
+        steps = _checkpoint_n_action_steps(cfg.policy.checkpoint_path)
+        if steps is not None:
+            preset["task"]["replan_steps"] = steps
+    return preset
+
+
+def _checkpoint_n_action_steps(checkpoint_path: str) -> int | None:
+    """`n_action_steps` of a LeRobot checkpoint's config.json (the actions lerobot-eval executes per chunk), if any."""
+    import json
+
+    try:
+        value = json.loads((Path(checkpoint_path) / "config.json").read_text()).get("n_action_steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
 def _unknown_suite_message(name: str) -> str:
@@ -182,6 +245,13 @@ def validate(cfg: DictConfig) -> None:
     _require(t.image_size >= 16, f"task.image_size={t.image_size} must be >= 16 pixels")
     _require(t.num_wait_steps >= 0, f"task.num_wait_steps={t.num_wait_steps} must be >= 0")
     _require(t.replan_steps >= 1, f"task.replan_steps={t.replan_steps} must be >= 1")
+    _require(t.reset_seeding in RESET_SEEDINGS, f"task.reset_seeding={t.reset_seeding!r}: use {', '.join(RESET_SEEDINGS)}")
+    _require(cfg.eval.protocol in PROTOCOLS, f"eval.protocol={cfg.eval.protocol!r}: use {', '.join(PROTOCOLS)}")
+    _require(
+        t.benchmark_name not in BUILTIN_SUITES or (cfg.eval.protocol == "ript" and t.reset_seeding == "episode"),
+        f"eval.protocol={cfg.eval.protocol} / task.reset_seeding={t.reset_seeding} reproduce LIBERO harnesses: "
+        f"{t.benchmark_name} takes eval.protocol=ript and task.reset_seeding=episode",
+    )
     for key in ("emulated_step_ms", "emulated_render_ms"):
         _require(t[key] >= 0, f"task.{key}={t[key]} must be >= 0 milliseconds")
         _require(t[key] == 0 or t.benchmark_name in BUILTIN_SUITES, f"task.{key}: only the built-in reach task emulates step time, not {t.benchmark_name}")
@@ -230,8 +300,14 @@ def apply_debug_mode(cfg: DictConfig) -> DictConfig:
 
 
 def max_episode_length(cfg: DictConfig) -> int:
+    """task.max_episode_length, or the suite's horizon under eval.protocol (LeRobot's table for lerobot)."""
     value = cfg.task.max_episode_length
-    return int(value) if value is not None else DEFAULT_MAX_EPISODE_LENGTH[clean_suite(cfg.task.benchmark_name)]
+    if value is not None:
+        return int(value)
+    suite = clean_suite(cfg.task.benchmark_name)
+    if cfg.eval.get("protocol", "ript") == "lerobot" and suite in LEROBOT_MAX_EPISODE_LENGTH:
+        return LEROBOT_MAX_EPISODE_LENGTH[suite]
+    return DEFAULT_MAX_EPISODE_LENGTH[suite]
 
 
 def clean_suite(benchmark_name: str) -> str:
