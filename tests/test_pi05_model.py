@@ -184,3 +184,58 @@ def test_save_load_round_trip_and_training_step(tmp_path):
     loss.backward()
     assert loaded.time_mlp_in.weight.grad.abs().sum() > 0
     assert loaded.paligemma_with_expert.gemma_expert.model.layers[0].input_layernorm.dense.weight.grad.abs().sum() > 0
+
+
+# ---- RIPT on pi0.5: the flow-SDE PPO and the CFG update run unchanged (they only call the prefix cache and velocity)
+
+
+@pytest.mark.parametrize("optimizer", ["ppo", "cfg"])
+def test_one_ript_update_step_on_tiny_pi05(optimizer):
+    import numpy as np
+
+    from pi0.model.policy import make_tiny_policy
+    from pi0.ript.algo.cfg import NEGATIVE, NULL, POSITIVE
+    from pi0.ript.algo.flow_sde import stochastic_steps
+    from pi0.ript.algo.ppo import ppo_loss
+    from pi0.ript.algo.rl_policy import RLPolicy
+    from tests.pi0_fixtures import INSTRUCTIONS, make_obs
+
+    policy = make_tiny_policy(INSTRUCTIONS, seed=0, image_size=28, pi05=True, max_token_len=24)
+    assert policy.model.config.pi05
+    rl = RLPolicy(policy, optimizer, num_denoise_steps=3, noise_scale=1.0, learn_noise_scale=True,
+                  logprob_action_dims=7, replan_steps=5, guidance_weight=2.0, seed=0)
+    rng = np.random.default_rng(0)
+    observations, instructions = [make_obs(rng, 32) for _ in range(3)], INSTRUCTIONS[:3]
+    out = rl.predict_chunks(observations, instructions)
+    assert out.actions.shape == (3, 50, 7)
+    chains = torch.from_numpy(np.stack([e["chain"] for e in out.extras]))
+    inputs = policy.prepare_batch(observations, instructions)
+    advantages = torch.tensor([1.0, -1.0, 0.5])
+    opt = torch.optim.AdamW(rl.trainable_parameters(expert_only=False), lr=1e-2)
+    before = {n: p.detach().clone() for n, p in rl.named_parameters()}
+    rl.train()
+    if optimizer == "ppo":
+        scored = stochastic_steps(3, rl.sampler)
+        old = torch.from_numpy(np.stack([e["step_log_probs"] for e in out.extras])).float()[:, scored]
+        new, _ = rl.chain_log_prob(inputs, chains, prefix_grad=True)
+        # Rescoring the chains under the sampling weights gives back the rollout's log-probabilities.
+        torch.testing.assert_close(new[:, scored].detach(), old, rtol=1e-5, atol=1e-5)
+        loss, _ = ppo_loss(new[:, scored], old, advantages, clip_eps=0.2)
+    else:
+        g = torch.Generator().manual_seed(1)
+        labels = torch.tensor([POSITIVE, NEGATIVE, NULL])
+        noise = torch.randn(chains[:, -1].shape, generator=g)
+        loss, _, _ = rl.cfg_loss(inputs, chains[:, -1], labels, noise, rl.model.sample_time(3, g), prefix_grad=True)
+    opt.zero_grad()
+    loss.mean().backward()
+    model = rl.model
+    assert model.time_mlp_in.weight.grad.abs().sum() > 0
+    assert model.paligemma_with_expert.gemma_expert.model.norm.dense.weight.grad.abs().sum() > 0
+    if optimizer == "cfg":
+        assert rl.condition.embedding.grad[[POSITIVE, NEGATIVE, NULL]].abs().sum(dim=1).min() > 0
+    opt.step()
+    after = dict(rl.named_parameters())
+    assert not torch.equal(after["model.time_mlp_out.weight"], before["model.time_mlp_out.weight"])
+    # The updated policy still samples.
+    rl.eval()
+    assert np.isfinite(rl.predict_chunks(observations, instructions).actions).all()

@@ -16,6 +16,12 @@ training seeds (docs/TRAINING.md).
 
 The condition enters pi0 as an additive bias on every action token (`PI0Model.velocity(..., action_token_bias)`).
 Embeddings start at zero, so before any update every condition is exactly the pretrained policy.
+
+pi0.5 keeps the same mechanism unchanged, because it never depended on pi0's state token: the bias is added to the
+action tokens only (in pi0 after its action-time MLP, the state token untouched). pi0.5 has no state token and its
+action tokens are `action_in_proj(x_t)`; the same learned [width] vector is added to each of them before the expert,
+and the flow time then modulates the biased tokens through the expert's adaRMS norms (as it modulates pi0's through the action-time MLP before the bias). A zero
+bias is still exactly the unconditioned model (tests/test_pi05_model.py checks this and that a bias is read).
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ runner, the trainer and plain evaluation share one data path; only the sampler d
 
 The module owns the trainable RL pieces next to the pi0 weights: the noise scale (fixed buffer or learned) and the
 CFG condition embeddings, so one `state_dict` holds everything a checkpoint needs.
+
+pi0 and pi0.5 (`config.pi05`) run the same code: both samplers and both losses only call `compute_prefix_cache` and
+`velocity(cache, state, x, t, action_token_bias)`, whose meaning is the same for both (pi0.5 does not read `state`,
+which travels in its prompt; the CFG condition is added to the action tokens, which both variants have; cfg.py).
 """
 
 from __future__ import annotations
@@ -119,7 +123,7 @@ class RLPolicy(nn.Module):
         batch = cache.batch_size
         return cache.index_select(torch.arange(batch).repeat(len(self._guidance_labels())))
 
-    def guided_velocity(self, cache, state: torch.Tensor, x: torch.Tensor, t: torch.Tensor | float, stacked=None):
+    def guided_velocity(self, cache, state: torch.Tensor | None, x: torch.Tensor, t: torch.Tensor | float, stacked=None):
         """The CFG sampling velocity v_null + w (v_positive - v_base) at (x, t): the conditions are stacked along the
         batch, one forward pass instead of two or three (the usual CFG batching; small batches are overhead-bound)."""
         labels = self._guidance_labels()
@@ -127,7 +131,8 @@ class RLPolicy(nn.Module):
         stacked = self.stacked_cache(cache) if stacked is None else stacked
         t = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(batch)
         bias = self.condition(torch.tensor(labels, device=x.device).repeat_interleave(batch))
-        v = self.model.velocity(stacked, state.repeat(k, 1), x.repeat(k, 1, 1), t.repeat(k), bias).split(batch)
+        state = None if state is None else state.repeat(k, 1)  # pi0.5 may be given no state (it reads none)
+        v = self.model.velocity(stacked, state, x.repeat(k, 1, 1), t.repeat(k), bias).split(batch)
         return guided_velocity(v[0], v[1], self.guidance_weight, v[2] if k == 3 else None)
 
     def head_parameters(self) -> list[nn.Parameter]:
@@ -208,8 +213,9 @@ class RLPolicy(nn.Module):
         return loss, gap, anchor_gap
 
     def trainable_parameters(self, expert_only: bool) -> list[nn.Parameter]:
-        """Everything, or (expert_only) the action expert, the action/state/time projections and the RL heads; the
-        vision tower and the language model are frozen (requires_grad False) in that case."""
+        """Everything, or (expert_only) the action expert, the action/state/time projections (pi0.5: the action
+        projections, the time MLP and the expert's adaRMS norms) and the RL heads; the vision tower and the language
+        model are frozen (requires_grad False) in that case."""
         if expert_only:
             for p in self.model.paligemma_with_expert.paligemma.parameters():
                 p.requires_grad_(False)
