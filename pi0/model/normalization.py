@@ -3,6 +3,16 @@
 Formats accepted: openpi's nested `{"norm_stats": {"state": {...}, "actions": {...}}}` and the flat variant without
 the outer key. Each entry has `mean`, `std` and, for quantile mode, `q01`, `q99` (lists of floats). Statistics cover
 the first len(mean) dims; padded dims beyond them pass through untouched (openpi normalises before padding).
+
+Two conventions, as the checkpoint was trained (`NormStats.convention`; LeRobot's statistics come from
+`lerobot_layout.py`, which sets "lerobot"):
+
+| mode | openpi (eps 1e-6, float64 here) | LeRobot (`normalize_processor.py`, eps 1e-8, float32 like its processors) |
+|---|---|---|
+| mean_std | (x - mean) / (std + eps); x * (std + eps) + mean | (x - mean) / (std + eps); x * std + mean |
+| quantile | (x - q01) / (q99 - q01 + eps) * 2 - 1; inverse with the same range | 2 (x - q01) / r - 1; (x + 1) r / 2 + q01, r = q99 - q01, eps only where r == 0 |
+
+Neither clips values outside [q01, q99].
 """
 
 from __future__ import annotations
@@ -15,6 +25,8 @@ import numpy as np
 
 NORM_STATS_NAME = "norm_stats.json"
 EPS = 1e-6  # openpi's epsilon in both modes
+LEROBOT_EPS = 1e-8  # LeRobot's normalizer default (its processor JSON records the value used)
+CONVENTIONS = ("openpi", "lerobot")
 
 
 @dataclass(frozen=True)
@@ -23,12 +35,21 @@ class NormStats:
     std: np.ndarray
     q01: np.ndarray | None = None
     q99: np.ndarray | None = None
+    convention: str = "openpi"  # "openpi" or "lerobot": which formulas and eps apply (module docstring)
+    eps: float = EPS
 
-    def to_json(self) -> dict[str, list[float]]:
-        d = {"mean": self.mean.tolist(), "std": self.std.tolist()}
+    def __post_init__(self) -> None:
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"normalisation convention {self.convention!r} is unknown: use one of {', '.join(CONVENTIONS)}")
+
+    def to_json(self) -> dict[str, object]:
+        d: dict[str, object] = {"mean": self.mean.tolist(), "std": self.std.tolist()}
         if self.q01 is not None and self.q99 is not None:
             d["q01"] = self.q01.tolist()
             d["q99"] = self.q99.tolist()
+        if self.convention != "openpi":  # openpi's own files stay exactly openpi's format
+            d["convention"] = self.convention
+            d["eps"] = self.eps
         return d
 
 
@@ -39,7 +60,9 @@ def _parse_entry(entry: object, where: str) -> NormStats:
         if k not in entry:
             raise KeyError(f"{where}: key '{k}' missing; regenerate norm_stats.json with openpi's compute_norm_stats")
     arr = {k: np.asarray(entry[k], dtype=np.float64) for k in ("mean", "std", "q01", "q99") if entry.get(k) is not None}
-    return NormStats(arr["mean"], arr["std"], arr.get("q01"), arr.get("q99"))
+    convention = entry.get("convention", "openpi")
+    eps = float(entry.get("eps", LEROBOT_EPS if convention == "lerobot" else EPS))
+    return NormStats(arr["mean"], arr["std"], arr.get("q01"), arr.get("q99"), convention=convention, eps=eps)
 
 
 def load_norm_stats(path: str | Path, required: tuple[str, ...] = ("state", "actions")) -> dict[str, NormStats]:
@@ -84,11 +107,13 @@ def normalize(x: np.ndarray, stats: NormStats, mode: str, key: str = "?") -> np.
     x = np.asarray(x, dtype=np.float64)
     n = min(len(stats.mean), x.shape[-1])
     out = x.copy()
-    if mode == "mean_std":
-        out[..., :n] = (x[..., :n] - stats.mean[:n]) / (stats.std[:n] + EPS)
+    if stats.convention == "lerobot":
+        out[..., :n] = _lerobot(x[..., :n], stats, mode, key, n, inverse=False)
+    elif mode == "mean_std":
+        out[..., :n] = (x[..., :n] - stats.mean[:n]) / (stats.std[:n] + stats.eps)
     elif mode == "quantile":
         q01, q99 = _quantiles(stats, key)
-        out[..., :n] = (x[..., :n] - q01[:n]) / (q99[:n] - q01[:n] + EPS) * 2.0 - 1.0
+        out[..., :n] = (x[..., :n] - q01[:n]) / (q99[:n] - q01[:n] + stats.eps) * 2.0 - 1.0
     else:
         raise ValueError(f"unknown normalisation mode {mode!r}; use 'mean_std' or 'quantile'")
     return out
@@ -98,14 +123,32 @@ def unnormalize(x: np.ndarray, stats: NormStats, mode: str, key: str = "?") -> n
     x = np.asarray(x, dtype=np.float64)
     n = min(len(stats.mean), x.shape[-1])
     out = x.copy()
-    if mode == "mean_std":
-        out[..., :n] = x[..., :n] * (stats.std[:n] + EPS) + stats.mean[:n]
+    if stats.convention == "lerobot":
+        out[..., :n] = _lerobot(x[..., :n], stats, mode, key, n, inverse=True)
+    elif mode == "mean_std":
+        out[..., :n] = x[..., :n] * (stats.std[:n] + stats.eps) + stats.mean[:n]
     elif mode == "quantile":
         q01, q99 = _quantiles(stats, key)
-        out[..., :n] = (x[..., :n] + 1.0) / 2.0 * (q99[:n] - q01[:n] + EPS) + q01[:n]
+        out[..., :n] = (x[..., :n] + 1.0) / 2.0 * (q99[:n] - q01[:n] + stats.eps) + q01[:n]
     else:
         raise ValueError(f"unknown normalisation mode {mode!r}; use 'mean_std' or 'quantile'")
     return out
+
+
+def _lerobot(x: np.ndarray, stats: NormStats, mode: str, key: str, n: int, inverse: bool) -> np.ndarray:
+    """LeRobot's `_NormalizationMixin._apply_transform`, in float32 and in its order of operations, so values (and
+    pi0.5's state bins, which sit on exact bin edges such as q01 -> -1) come out as LeRobot's processors give them."""
+    f32 = np.float32
+    x = x.astype(f32)
+    if mode == "mean_std":
+        mean, std = stats.mean[:n].astype(f32), stats.std[:n].astype(f32)
+        return x * std + mean if inverse else (x - mean) / (std + f32(stats.eps))
+    if mode == "quantile":
+        q01, q99 = (q[:n].astype(f32) for q in _quantiles(stats, key))
+        denom = q99 - q01
+        denom = np.where(denom == 0, f32(stats.eps), denom)  # eps only for a zero range
+        return (x + f32(1.0)) * denom / f32(2.0) + q01 if inverse else f32(2.0) * (x - q01) / denom - f32(1.0)
+    raise ValueError(f"unknown normalisation mode {mode!r}; use 'mean_std' or 'quantile'")
 
 
 def identity_stats(state_dim: int = 8, action_dim: int = 7) -> dict[str, NormStats]:

@@ -17,6 +17,8 @@ Speed (see docs/PERFORMANCE.md, "pi0 inference: compiled path and preprocessing"
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +34,12 @@ from .checkpoint import CONFIG_NAME, load_model, save_weights
 from .config import PI0Config
 from .fast_sampling import FastSampler, check_compile_mode
 from .modeling import PI0Model
+from .lerobot_layout import PROMPT_FORMAT_KEY, lerobot_type, read_lerobot_checkpoint
 from .normalization import NormStats, identity_stats, load_norm_stats, save_norm_stats
-from .tokenizer import PromptTokenizer, build_word_tokenizer
+from .tokenizer import PromptTokenizer, build_word_tokenizer, check_prompt_format
 from .transforms import (
     IMAGE_SLOTS,
+    BuildPrompt,
     LiberoInputs,
     Normalize,
     PadState,
@@ -116,8 +120,11 @@ class PI0Policy:
         record_trajectory: bool = False,
         compile: str = "none",
         preprocess: str = "batched",
+        prompt_format: str | None = None,
     ):
         self.config: PI0Config = model.config
+        # How the task becomes the prompt (tokenizer.PROMPT_FORMATS): given, else what the checkpoint's config says.
+        self.prompt_format = check_prompt_format(prompt_format or default_prompt_format(self.config))
         self.device = torch.device(device) if device is not None else auto_device()
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
@@ -133,12 +140,19 @@ class PI0Policy:
         if tokenizer.vocab_size > c.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model embeds {c.vocab_size}; use its own tokenizer")
         self._inputs = libero_input_transforms(
-            tokenizer, self.norm_stats, c.image_size, c.max_state_dim, c.max_token_len, c.norm_mode
+            tokenizer, self.norm_stats, c.image_size, c.max_state_dim, c.max_token_len, c.norm_mode, self.prompt_format
         )
         self._outputs = libero_output_transforms(self.norm_stats, c.delta_action_dims, c.env_action_dim, c.norm_mode)
         self._targets = libero_action_targets(self.norm_stats, c.delta_action_dims, c.max_action_dim, c.norm_mode)
         # The batched path: state and slots per sample (cheap), images as one batch, prompts from a cache.
-        self._state_inputs = compose([LiberoInputs(), Normalize("state", self.norm_stats, c.norm_mode), PadState(c.max_state_dim)])
+        self._state_inputs = compose(
+            [
+                LiberoInputs(),
+                Normalize("state", self.norm_stats, c.norm_mode),
+                BuildPrompt(self.prompt_format),
+                PadState(c.max_state_dim),
+            ]
+        )
         self._batch_images = BatchImages(c.image_size)
         self._token_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if preprocess not in PREPROCESS_MODES:
@@ -163,21 +177,42 @@ class PI0Policy:
         directory: str | Path,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        tokenizer_path: str | Path | None = None,
+        sizes: PI0Config | None = None,
         **kwargs,
     ) -> "PI0Policy":
-        """Directory with model.safetensors (or sharded index), config.json, norm_stats.json, tokenizer."""
+        """A checkpoint directory in either layout:
+        - this project's / openpi's: model.safetensors (or a sharded index), config.json, norm_stats.json, tokenizer;
+        - LeRobot's (config.json `"type": "pi0" | "pi05"`): model.safetensors, policy_preprocessor.json and
+          policy_postprocessor.json with their statistics files; no tokenizer (lerobot_layout.py).
+        tokenizer_path: PaliGemma's tokenizer directory or file, instead of the checkpoint's own (policy.tokenizer_path).
+        sizes: model sizes overriding the full-size variants a LeRobot config.json names (tiny test checkpoints)."""
         d = Path(directory)
         if not d.is_dir():
             raise FileNotFoundError(f"{d}: checkpoint directory not found; convert a pi0 checkpoint to PyTorch first")
         dev = torch.device(device) if device is not None else auto_device()
-        model = load_model(d, device=dev, dtype=dtype)
-        return cls(model, PromptTokenizer.from_dir(d), load_norm_stats(d), device=dev, dtype=dtype, **kwargs)
+        lerobot = lerobot_type(d) is not None
+        if lerobot:
+            ckpt = read_lerobot_checkpoint(d, sizes=sizes)
+            config, norm_stats = ckpt.config, ckpt.norm_stats
+        else:
+            config = PI0Config.load(d / CONFIG_NAME)
+            if sizes is not None:
+                config = _with_sizes(config, sizes)
+            norm_stats = load_norm_stats(d)
+            kwargs.setdefault("prompt_format", openpi_prompt_format(d / CONFIG_NAME, config))
+        tokenizer = load_tokenizer(d, tokenizer_path, lerobot)
+        model = load_model(d, config=config, device=dev, dtype=dtype)
+        return cls(model, tokenizer, norm_stats, device=dev, dtype=dtype, **kwargs)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         save_weights(self.model, d)
-        self.config.save(d / CONFIG_NAME)
+        # Saved in this project's layout (openpi names, norm_stats.json with the statistics' convention); the prompt
+        # format travels in config.json so a reload prompts as the original checkpoint did.
+        extra = {**self.config.extra, PROMPT_FORMAT_KEY: self.prompt_format}
+        dataclasses.replace(self.config, extra=extra).save(d / CONFIG_NAME)
         save_norm_stats(self.norm_stats, d)
         self.tokenizer.save(d)
         return d
@@ -224,7 +259,7 @@ class PI0Policy:
                 # Masked out in every sample: the model never reads it (embed_prefix drops the slot). LiberoInputs puts
                 # a black image there, which the chain would turn into -1 everywhere.
                 images.append(torch.full((len(samples), 3, size, size), -1.0, dtype=dt, device=dev))
-        tokens, token_masks = zip(*(self._tokenize(p) for p in instructions))
+        tokens, token_masks = zip(*(self._tokenize(s["prompt"]) for s in samples))
         return ModelInputs(
             images=images,
             image_masks=masks,
@@ -240,7 +275,7 @@ class PI0Policy:
         if hit is None:
             if len(self._token_cache) >= TOKEN_CACHE_SIZE:
                 self._token_cache.clear()
-            ids, mask = self.tokenizer.tokenize([prompt], self.config.max_token_len)
+            ids, mask = self.tokenizer.tokenize([prompt], self.config.max_token_len, self.prompt_format)
             hit = self._token_cache[prompt] = (ids[0], mask[0])
         return hit
 
@@ -330,6 +365,49 @@ class PI0Policy:
         )
 
 
+def default_prompt_format(config: PI0Config) -> str:
+    """The prompt format a config implies: what its loader recorded (extra["prompt_format"]), else pi0.5's state in
+    the prompt for a pi0.5 config and openpi's pi0 prompt otherwise."""
+    recorded = config.extra.get(PROMPT_FORMAT_KEY)
+    if recorded:
+        return recorded
+    return "pi05_state" if config.pi05 else "openpi"
+
+
+def openpi_prompt_format(config_path: Path, config: PI0Config) -> str:
+    """openpi's pi0.5 puts the state in the prompt unless its config says `discrete_state_input: false` (pi05_libero);
+    a config.json saved here records its format; pi0 has none of this."""
+    raw = json.loads(config_path.read_text())
+    if raw.get("format") != "pi0-ript" and config.pi05 and "discrete_state_input" in raw:
+        return "pi05_state" if raw["discrete_state_input"] else "openpi"
+    return default_prompt_format(config)
+
+
+def _with_sizes(config: PI0Config, sizes: PI0Config) -> PI0Config:
+    return dataclasses.replace(config, vlm=sizes.vlm, expert=sizes.expert, vision=sizes.vision, vocab_size=sizes.vocab_size)
+
+
+TOKENIZER_HELP = (
+    "set policy.tokenizer_path to a directory holding PaliGemma's tokenizer.model (from google/paligemma-3b-pt-224, "
+    "or openpi's big_vision/paligemma_tokenizer.model renamed tokenizer.model)"
+)
+
+
+def load_tokenizer(directory: Path, tokenizer_path: str | Path | None, lerobot: bool) -> PromptTokenizer:
+    """tokenizer_path when given, else the checkpoint directory's own; one line naming policy.tokenizer_path when
+    neither has one (a LeRobot directory never does)."""
+    if tokenizer_path:
+        try:
+            return PromptTokenizer.from_path(tokenizer_path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"policy.tokenizer_path={str(tokenizer_path)!r} holds no tokenizer.model or tokenizer.json; {TOKENIZER_HELP}") from None
+    try:
+        return PromptTokenizer.from_dir(directory)
+    except FileNotFoundError:
+        where = "LeRobot checkpoints do not store the tokenizer" if lerobot else "the checkpoint has no tokenizer.model or tokenizer.json"
+        raise FileNotFoundError(f"{directory}: no PaliGemma tokenizer ({where}); {TOKENIZER_HELP}") from None
+
+
 def make_tiny_policy(
     instructions: Sequence[str],
     norm_stats: Mapping[str, NormStats] | None = None,
@@ -352,4 +430,4 @@ def make_tiny_policy(
     )
 
 
-__all__ = ["ModelInputs", "PI0Policy", "make_tiny_policy", "auto_device"]
+__all__ = ["ModelInputs", "PI0Policy", "make_tiny_policy", "auto_device", "default_prompt_format", "load_tokenizer"]

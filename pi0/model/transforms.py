@@ -1,8 +1,9 @@
 """LIBERO <-> pi0 conversion as small frozen-dataclass transforms (openpi's `pi0_libero` pipeline), each one step.
 
 Inputs, one observation at a time (data is a dict):
-  LiberoInputs -> Rotate180 -> ResizeWithPad(size) -> ImagesToModel -> Normalize("state") -> PadState(32)
-  -> TokenizePrompt(tokenizer, 48)
+  LiberoInputs -> Rotate180 -> ResizeWithPad(size) -> ImagesToModel -> Normalize("state") -> BuildPrompt(format)
+  -> PadState(32) -> TokenizePrompt(tokenizer, 48)
+(BuildPrompt sits after Normalize: pi0.5 writes the normalised state into its prompt; see tokenizer.PROMPT_FORMATS.)
 Outputs, batched ([B, H, D] actions, [B, S] raw state):
   Unnormalize("actions") -> AbsoluteActions(delta dims) -> KeepActionDims(7)
 and the inverse of the outputs, for training targets:
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .normalization import NormStats, normalize, unnormalize
-from .tokenizer import PromptTokenizer
+from .tokenizer import PromptTokenizer, build_prompt, check_prompt_format
 
 Data = dict[str, Any]
 Transform = Callable[[Data], Data]
@@ -186,12 +187,30 @@ class PadActions:
 
 
 @dataclass(frozen=True)
+class BuildPrompt:
+    """The task -> the text the checkpoint was trained on ("openpi": unchanged; "pi05_state": needs the normalised,
+    unpadded state, so it runs after Normalize("state") and before PadState)."""
+
+    prompt_format: str = "openpi"
+
+    def __post_init__(self) -> None:
+        check_prompt_format(self.prompt_format)
+
+    def __call__(self, data: Data) -> Data:
+        if self.prompt_format == "openpi":
+            return data
+        state = data["state"] if self.prompt_format == "pi05_state" else None
+        return {**data, "prompt": build_prompt(self.prompt_format, data["prompt"], state)}
+
+
+@dataclass(frozen=True)
 class TokenizePrompt:
     tokenizer: PromptTokenizer
     max_len: int = 48
+    prompt_format: str = "openpi"
 
     def __call__(self, data: Data) -> Data:
-        ids, mask = self.tokenizer.tokenize([data["prompt"]], self.max_len)
+        ids, mask = self.tokenizer.tokenize([data["prompt"]], self.max_len, self.prompt_format)
         return {**data, "tokens": ids[0], "token_mask": mask[0]}
 
 
@@ -238,6 +257,7 @@ def libero_input_transforms(
     state_dim: int = 32,
     max_token_len: int = 48,
     mode: str = "mean_std",
+    prompt_format: str = "openpi",
 ) -> Transform:
     return compose(
         [
@@ -246,8 +266,9 @@ def libero_input_transforms(
             ResizeWithPad(image_size),
             ImagesToModel(),
             Normalize("state", stats, mode),
+            BuildPrompt(prompt_format),
             PadState(state_dim),
-            TokenizePrompt(tokenizer, max_token_len),
+            TokenizePrompt(tokenizer, max_token_len, prompt_format),
         ]
     )
 

@@ -34,7 +34,7 @@ def load_policy(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     path = Path(cfg.policy.checkpoint_path)
     kind = cfg.policy.kind
     if kind == "auto":
-        kind = "pi0" if path.is_dir() else "small"
+        kind = checkpoint_kind(path) if path.is_dir() else "small"
     device = resolve_device(cfg.policy.device)
     if kind == "small":
         from pi0.ript.policy.small_policy import SmallPolicy
@@ -43,19 +43,38 @@ def load_policy(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
             log.warning(SMALL_POLICY_NOTE.format(path=path))
         return SmallPolicy(seed=cfg.task.seed, device=device), {"kind": "small", "checkpoint": None, "checkpoint_sha256": None}
     if not path.is_dir():
-        raise ConfigError(f"policy.checkpoint_path={str(path)!r} is not a directory: point it at a converted pi0 checkpoint (model.safetensors, config.json, norm_stats.json, tokenizer)")
+        raise ConfigError(
+            f"policy.checkpoint_path={str(path)!r} is not a directory: point it at a pi0/pi0.5 checkpoint (openpi "
+            f"layout: model.safetensors, config.json, norm_stats.json, tokenizer; or a LeRobot directory)"
+        )
+    found = checkpoint_kind(path)
+    if found != kind:
+        raise ConfigError(f"policy.kind={kind!r} but {path / 'config.json'} is a {found} checkpoint: set policy.kind={found} (or auto)")
     from pi0.model.policy import PI0Policy
 
     import torch
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.policy.dtype]
     try:
-        policy = PI0Policy.from_pretrained(path, device=device, dtype=dtype, compile=cfg.policy.compile)
+        policy = PI0Policy.from_pretrained(
+            path, device=device, dtype=dtype, compile=cfg.policy.compile, tokenizer_path=cfg.policy.tokenizer_path or None
+        )
     except (FileNotFoundError, KeyError, ValueError) as exc:
         # A checkpoint the user supplied is incomplete or malformed: one line naming the file and the fix.
         message = exc.args[0] if exc.args else type(exc).__name__
         raise ConfigError(f"policy.checkpoint_path={str(path)!r}: {message}") from None
-    return policy, {"kind": "pi0", "checkpoint": str(path.resolve()), "checkpoint_sha256": checkpoint_hash(path)}
+    description = {"kind": kind, "checkpoint": str(path.resolve()), "checkpoint_sha256": checkpoint_hash(path)}
+    return policy, description
+
+
+def checkpoint_kind(path: Path) -> str:
+    """"pi0" or "pi05", as the checkpoint's config.json says (LeRobot's `type`, openpi's `pi05`, this project's)."""
+    from pi0.model.lerobot_layout import config_variant
+
+    try:
+        return config_variant(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"policy.checkpoint_path={str(path)!r}: {exc.args[0]}") from None
 
 
 def checkpoint_hash(path: Path) -> str:
