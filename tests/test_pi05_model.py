@@ -239,3 +239,19 @@ def test_one_ript_update_step_on_tiny_pi05(optimizer):
     # The updated policy still samples.
     rl.eval()
     assert np.isfinite(rl.predict_chunks(observations, instructions).actions).all()
+
+
+def test_bf16_pi05_matches_fp32_closely():
+    import numpy as np
+
+    from pi0.model.policy import make_tiny_policy
+    from tests.pi0_fixtures import INSTRUCTIONS, make_obs
+
+    rng = np.random.default_rng(5)
+    obs = [make_obs(rng, 32) for _ in range(2)]
+    noise = torch.randn(2, 50, 32, generator=torch.Generator().manual_seed(5))
+    fp32 = make_tiny_policy(INSTRUCTIONS, image_size=28, pi05=True).predict_chunks(obs, INSTRUCTIONS[:2], noise=noise)
+    bf16_pol = make_tiny_policy(INSTRUCTIONS, image_size=28, pi05=True, dtype=torch.bfloat16)
+    assert bf16_pol.model.dtype == torch.bfloat16
+    bf16 = bf16_pol.predict_chunks(obs, INSTRUCTIONS[:2], noise=noise).actions
+    assert np.abs(bf16 - fp32.actions).max() < 0.05 * max(1.0, np.abs(fp32.actions).max())
