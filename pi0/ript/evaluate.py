@@ -1,8 +1,9 @@
 """`pi0-ript eval`: run a suite's tasks through the chosen runner and write results a reader can reproduce.
 
 Output directory:
-    protocol.json    everything that decides the numbers (suite, tasks, init states, seed, image size, settle
-                     steps, max steps, replan steps, render/reset modes, policy and checkpoint hash)
+    protocol.json    everything that decides the numbers (eval.protocol preset, suite, tasks, init states, seed and
+                     reset seeding, image size, settle steps, max steps, replan steps, render/reset modes, policy
+                     and checkpoint hash)
     episodes.jsonl   one line per finished episode, appended and flushed as it finishes, so a crash loses nothing
                      and a re-run skips what is done
     results.json     protocol + per-task and overall success, written at the end
@@ -122,11 +123,13 @@ def simulator_difference(recorded: dict[str, Any], current: dict[str, Any]) -> t
 def evaluation_protocol(cfg: DictConfig, runner, policy_description: dict[str, Any]) -> dict[str, Any]:
     t = cfg.task
     return {
+        "protocol": cfg.eval.protocol,  # the preset; the values below are what it resolved to, overrides included
         "benchmark_name": t.benchmark_name,
         "task_ids": list(runner.task_ids),
         "task_names": {str(i): runner.env_spec.task_name(i) for i in runner.task_ids},
         "init_state_indices": list(range(cfg.eval.init_state_offset, cfg.eval.init_state_offset + cfg.eval.episodes_per_task)),
         "seed": t.seed,
+        "reset_seeding": t.reset_seeding,
         "image_size": t.image_size,
         "num_wait_steps": t.num_wait_steps,
         "max_episode_length": max_episode_length(cfg),
@@ -140,13 +143,17 @@ def evaluation_protocol(cfg: DictConfig, runner, policy_description: dict[str, A
     }
 
 
+# What a protocol.json written before eval.protocol existed meant: pi0-ript's own protocol, whose keys it lacks.
+_BEFORE_PRESETS = {"protocol": "ript", "reset_seeding": "episode"}
+
+
 def _check_resumable(protocol_path: Path, protocol: dict[str, Any], episodes_in_dir: int) -> None:
     """Refuse a directory made under another protocol or another simulator stack; adopt one made before versions were
     recorded. Updates protocol["simulator"] with what must be carried over."""
     if not protocol_path.exists():
         return
     output_dir = protocol_path.parent
-    recorded = json.loads(protocol_path.read_text())
+    recorded = {**_BEFORE_PRESETS, **json.loads(protocol_path.read_text())}
     recorded_simulator = recorded.pop("simulator", None)
     if recorded != {key: value for key, value in protocol.items() if key != "simulator"}:
         raise ConfigError(

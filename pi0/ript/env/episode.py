@@ -8,14 +8,55 @@ from typing import Any
 import numpy as np
 
 
+class PositionedInitState(int):
+    """An init-state index that also names the episode's position in its task's reset stream (`stream_position`).
+
+    Under a harness's seeding (task.reset_seeding `task_stream` / `seed_plus_position`) an episode's scene depends on
+    its position among the task's episodes, which is the init-state index in openpi's and LeRobot's own loops, and
+    something else when a run revisits init states. Carried inside the index, it reaches `SimEnv.reset` through
+    both runners and the worker pipe unchanged, and everything else reads a plain int."""
+
+    stream_position: int
+
+    def __new__(cls, index: int, stream_position: int) -> PositionedInitState:
+        if isinstance(stream_position, bool) or not isinstance(stream_position, (int, np.integer)) or stream_position < 0:
+            raise ValueError(f"stream_position={stream_position!r} must be an int >= 0")
+        obj = super().__new__(cls, int(index))
+        obj.stream_position = int(stream_position)
+        return obj
+
+    def __reduce__(self):
+        return (PositionedInitState, (int(self), self.stream_position))
+
+    def __repr__(self) -> str:
+        return f"PositionedInitState({int(self)}, stream_position={self.stream_position})"
+
+
+def stream_position_of(init_state: Any) -> int | None:
+    """The stream position an init state names (a PositionedInitState), else None (the env uses the index)."""
+    return getattr(init_state, "stream_position", None)
+
+
 @dataclass
 class EpisodeRequest:
-    """One episode to run. `init_state` is an index into the task's init states, or an explicit state array."""
+    """One episode to run. `init_state` is an index into the task's init states, or an explicit state array.
+
+    `stream_position`: where this episode sits in its task's reset stream under a harness's seeding (see
+    `PositionedInitState`); None: its init-state index, as in openpi's and LeRobot's loops (episode k, init state k)."""
 
     task_id: int
     init_state: int | np.ndarray
     rollout_index: int = 0  # k of K when the same context is rolled out several times (RLOO)
     request_id: int = 0  # set by the runner on its own copy: the position in its request list (one episode each)
+    stream_position: int | None = None
+
+    def __post_init__(self):
+        if self.stream_position is None:
+            self.stream_position = stream_position_of(self.init_state)
+        elif not isinstance(self.init_state, (int, np.integer)) or isinstance(self.init_state, bool):
+            raise ValueError("stream_position needs an init-state index, not an explicit state array")
+        else:
+            self.init_state = PositionedInitState(int(self.init_state), self.stream_position)
 
     @property
     def init_state_index(self) -> int | None:

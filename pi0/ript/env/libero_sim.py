@@ -11,6 +11,11 @@ bit for bit, against the plain LIBERO loop (render every step, hard reset every 
   otherwise. Physics, reward and success never look at images, so they cannot change. See `libero_render.py`.
 * Fast reset (`fast_reset`): a soft reset (`hard_reset=False`, no model recompilation) followed by restoring the state
   a hard reset would have produced, captured right after the first hard reset of the task. See `libero_reset.py`.
+
+Where fixtures stand is drawn at each reset from numpy's global RNG; `reset_seeding` says from which state
+(task.reset_seeding, set by eval.protocol): `episode` (pi0-ript's own: a seed per (seed, task, init state), whatever ran
+before), `task_stream` (openpi's: the task's stream seeded once, the k-th reset continuing it, replayed and cached by
+`reset_stream.py`) or `seed_plus_position` (LeRobot's: seed + k before the k-th reset).
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from pi0.ript.config.schema import LIBERO_PRO_SUITES, LIBERO_SUITES
+from pi0.ript.config.schema import LIBERO_PRO_SUITES, LIBERO_SUITES, RESET_SEEDINGS
+from pi0.ript.env.episode import stream_position_of
 from pi0.ript.env.libero_render import CameraGate, apply_fast_render
 from pi0.ript.env.libero_reset import ResetSnapshot, fast_reset_verified
+from pi0.ript.env.reset_stream import RngState, StreamCache, same_state, seeded_state
 from pi0.ript.env.sim import ACTION_DIM, NOOP_ACTION, OBS_KEYS, Observation, ResetResult, StepResult
 
 SUITES = LIBERO_SUITES + tuple(LIBERO_PRO_SUITES)
@@ -123,6 +130,8 @@ class LiberoEnvSpec:
     fast_render: bool = False  # faster images that differ from what pretrained policies saw: off by default
     render_on_demand: bool = True
     fast_reset: bool = True
+    reset_seeding: str = "episode"  # episode | task_stream | seed_plus_position (see the module doc)
+    stream_cache_dir: str = ""  # task_stream: where replayed streams are kept; "": $PI0_RIPT_CACHE or ~/.cache/pi0-ript
 
     def __post_init__(self):
         if self.benchmark_name not in SUITES:
@@ -131,6 +140,8 @@ class LiberoEnvSpec:
             raise ValueError(f"image_size must be a positive int, got {self.image_size!r}")
         if not isinstance(self.num_wait_steps, int) or self.num_wait_steps < 0:
             raise ValueError(f"num_wait_steps must be an int >= 0, got {self.num_wait_steps!r}")
+        if self.reset_seeding not in RESET_SEEDINGS:
+            raise ValueError(f"reset_seeding={self.reset_seeding!r}: allowed {', '.join(RESET_SEEDINGS)}")
 
     def make(self) -> LiberoSim:
         return LiberoSim(self)
@@ -230,6 +241,10 @@ class LiberoSim:
         self._hook_error: Exception | None = None  # raised by the hook inside LIBERO's reset, re-raised after it
         self._episode_seed = 0
         self._reset_attempts = 0
+        self._entry_state: RngState | None = None  # a harness's state for the coming reset's draws (see the hook)
+        self._drew_before_hook = False
+        self._streams: dict[int, list[RngState]] = {}  # task -> entry states of its task_stream (from StreamCache)
+        self.replayed_resets = 0  # resets replayed to find task_stream entry states (0 when the cache had them)
         self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
         self._atexit_registered = False
 
@@ -275,7 +290,14 @@ class LiberoSim:
             # episode, so an episode depends on (seed, task, init state) only, not on what ran before in this process
             # (the parallel runner's workers run different histories) nor on the reset path. A retry after robosuite's
             # RandomizationError gets the next seed, as the unseeded loop would get fresh draws.
-            np.random.seed((self._episode_seed + self._reset_attempts) % 2**32)
+            if self._entry_state is None:
+                np.random.seed((self._episode_seed + self._reset_attempts) % 2**32)
+            elif self._reset_attempts == 0:
+                # A harness's seeding: the state its reset starts drawing from (set before env.reset() too, so a
+                # hard reset that drew before this point would show here). A retry runs the stream on, as LIBERO's
+                # retry loop does in the harness.
+                self._drew_before_hook = not same_state(np.random.get_state(), self._entry_state)
+                np.random.set_state(self._entry_state)
             self._reset_attempts += 1
             original()
 
@@ -299,35 +321,74 @@ class LiberoSim:
 
     # ---------------------------------------------------------------------------------------------------- episodes
     def reset(self, task_id: int, init_state: int | np.ndarray, force_hard_reset: bool = False) -> ResetResult:
+        """`init_state`: an index, a `PositionedInitState` (an index and the episode's position in the task's reset
+        stream, for the harness seedings; a plain index is its own position), or a state array (`episode` only)."""
         task_id = self.spec.check_task(task_id)
         state, index = self._resolve_init_state(task_id, init_state)
+        position = stream_position_of(init_state)
+        if position is None:
+            position = index
+        if self.spec.reset_seeding != "episode" and position is None:
+            raise ValueError(
+                f"reset_seeding={self.spec.reset_seeding} draws each scene from the episode's position in its task's "
+                "stream: pass an init-state index (or an EpisodeRequest with stream_position), not a state array"
+            )
         t0 = time.perf_counter()
         with _isolated_global_rng(None):  # the caller's numpy global RNG stream is left exactly as it was
-            return self._reset(task_id, state, index, force_hard_reset, t0)
+            return self._reset(task_id, state, index, position, force_hard_reset, t0)
 
-    def _reset(self, task_id, state, index, force_hard_reset, t0) -> ResetResult:
-        if self._env is None or task_id != self._task_id:
-            self._build(task_id)
+    def _entry_state_for(self, task_id: int, position: int | None) -> RngState | None:
+        """The global RNG state the reset's draws start from under a harness's seeding; None for `episode`."""
+        if self.spec.reset_seeding == "seed_plus_position":
+            return seeded_state(self.spec.seed + position)
+        if self.spec.reset_seeding == "task_stream":
+            return self._stream_state(task_id, position)
+        return None
+
+    def _stream_state(self, task_id: int, position: int) -> RngState:
+        states = self._streams.get(task_id)
+        if states is None or len(states) <= position:
+            cache = StreamCache(self.spec.stream_cache_dir, self.spec.benchmark_name, task_id, self.spec.seed, self.spec.bddl_file(task_id))
+            with cache.locked():  # another worker replaying this stream finishes first; then its states are read
+                states = cache.load() or [seeded_state(self.spec.seed)]
+                if len(states) <= position:
+                    self._replay_stream(states, position)
+                    cache.save(states)
+            self._streams[task_id] = states
+        return states[position]
+
+    def _replay_stream(self, states: list[RngState], position: int) -> None:
+        """Extend a task's entry states to `position`: reset k starts from states[k] and leaves the stream where
+        reset k+1 starts. Resets only (no init state, settle steps, policy steps: none of them draws), no rendering;
+        fast resets where proven equal to hard ones."""
+        while len(states) <= position:
+            self._env_reset(False, states[-1], observe=False)
+            states.append(np.random.get_state())
+            self.replayed_resets += 1
+
+    def _env_reset(self, force_hard_reset: bool, entry: RngState | None, observe: bool) -> bool:
+        """LIBERO's env.reset() on the fast or the hard path, its draws seeded per `reset_seeding`; True if hard."""
         env = self._robosuite_env
-        on_demand = self.spec.render_on_demand
         hard = (
             force_hard_reset
             or not self.spec.fast_reset
             or self._snapshot is None
             or not fast_reset_verified(env)
         )
-        self._episode_seed = _episode_seed(self.spec.seed, task_id, index, state)
         self._reset_attempts = 0
+        self._entry_state, self._drew_before_hook = entry, False
         self._pending = ("capture" if self.spec.fast_reset else None) if hard else "restore"
         # The env.reset() and set_init_state() observations are overwritten by the settle steps, so with render on
         # demand only the reset's last observation is rendered: once per reset.
-        self._gate.open = not on_demand
+        self._gate.open = observe and not self.spec.render_on_demand
         env.hard_reset = hard
         self._hook_error = None
+        if entry is not None:
+            np.random.set_state(entry)  # where the harness's reset starts (the hook checks nothing drew before it)
         try:
             self._env.reset()
         finally:
-            self._pending = None
+            self._pending, self._entry_state = None, None
         if self._hook_error is not None:
             error, self._hook_error, self._snapshot = self._hook_error, None, None
             raise RuntimeError(
@@ -337,9 +398,23 @@ class LiberoSim:
             # The replaced MjSim and its render context form a reference cycle; collect it now, while EGL is alive,
             # rather than at interpreter exit where its destructor prints EGLError tracebacks.
             gc.collect()
+        if self._drew_before_hook:
+            raise RuntimeError(
+                f"{type(env).__name__}: LIBERO drew random numbers before _reset_internal, so reset_seeding="
+                f"{self.spec.reset_seeding} cannot reproduce the harness's scenes here: use task.reset_seeding=episode"
+            )
         if self.spec.fast_render:
             apply_fast_render(env.sim, self.spec.image_size)
         self._gate.install()  # a hard reset rebuilds the observables' sensors; make sure every camera is gated
+        return hard
+
+    def _reset(self, task_id, state, index, position, force_hard_reset, t0) -> ResetResult:
+        if self._env is None or task_id != self._task_id:
+            self._build(task_id)
+        on_demand = self.spec.render_on_demand
+        entry = self._entry_state_for(task_id, position)  # may replay the task's stream first (task_stream)
+        self._episode_seed = _episode_seed(self.spec.seed, task_id, index, state)
+        hard = self._env_reset(force_hard_reset, entry, observe=True)
 
         n_wait = self.spec.num_wait_steps
         self._gate.open = (not on_demand) or n_wait == 0
@@ -359,7 +434,8 @@ class LiberoSim:
             instruction=self.spec.instruction(task_id),
             task_name=self.spec.task_name(task_id),
             hard_reset=hard,
-            info={"init_state_index": index, "success": success, "reset_s": time.perf_counter() - t0},
+            info={"init_state_index": index, "success": success, "reset_s": time.perf_counter() - t0,
+                  "stream_position": position if self.spec.reset_seeding != "episode" else None},
         )
 
     def step(self, action: np.ndarray, want_observation: bool) -> StepResult:
