@@ -53,22 +53,45 @@ def test_bench_smoke_reports_every_section(tmp_path, no_orphans):
         point = runners[name]
         assert point["env_steps_per_second"] > 0 and point["episodes_per_hour"] > 0 and point["env_steps"] > 0
         assert point["phase_seconds"]["stepping_envs"] > 0 and point["phase_seconds"]["inference"] > 0
-    assert runners["parallel_1"]["ratio_to_sim_limit"] > 0
+    # Each ratio is the quotient of the two numbers this run measured (a ratio taken against the wrong point, mode or
+    # worker count would differ), and the limits are the sim section's own points.
+    from pi0.ript.bench.inference import inference_limit
+    from pi0.ript.bench.sim import sim_limit
+
+    assert sim_limit(results, 1, 5) == sim["episodes_render_every_5"]["env_steps_per_second"]
+    assert runners["parallel_1"]["ratio_to_sim_limit"] == pytest.approx(
+        runners["parallel_1"]["env_steps_per_second"] / sim_limit(results, 1, 5))
+    assert runners["parallel_1"]["ratio_to_serial"] == pytest.approx(
+        runners["parallel_1"]["env_steps_per_second"] / runners["serial"]["env_steps_per_second"])
 
     latency = results["latency"]["latency_50ms_replan_1"]
     assert latency["overlapped"]["env_steps_per_second"] > 0 and latency["lockstep"]["env_steps_per_second"] > 0
-    assert latency["overlapped_over_lockstep"] > 0 and latency["overlapped_over_min_limit"] > 0
+    assert latency["overlapped_over_lockstep"] == pytest.approx(
+        latency["overlapped"]["env_steps_per_second"] / latency["lockstep"]["env_steps_per_second"])
+    n = results["settings"]["latency_workers"]
+    limits = [sim_limit(results, n, 1), inference_limit(results, "latency_50ms", n, 1)]
+    assert latency["sim_limit"] == limits[0] and latency["inference_limit"] == limits[1]
+    assert latency["overlapped_over_min_limit"] == pytest.approx(latency["overlapped"]["env_steps_per_second"] / min(limits))
     assert latency["same_episodes"] is True  # scheduling never changes an episode
 
     features = results["features"]["workers_1_replan_5"]
     assert features["on"]["episodes_per_hour"] > 0 and features["off"]["episodes_per_hour"] > 0
-    assert features["steps_ratio_on_over_off"] > 0 and features["episodes_ratio_on_over_off"] > 0
+    assert features["steps_ratio_on_over_off"] == pytest.approx(
+        features["on"]["env_steps_per_second"] / features["off"]["env_steps_per_second"])
+    assert features["episodes_ratio_on_over_off"] == pytest.approx(
+        features["on"]["episodes_per_hour"] / features["off"]["episodes_per_hour"])
 
     emulated = results["emulated"]["h200_a140_c8"]  # the GPU box emulated: sleeping reach workers, L(b) = a + c*b
     for mode in ("defaults", "lockstep", "all_off"):
         assert emulated["runs"][mode]["env_steps_per_second"] > 0 and emulated["runs"][mode]["episodes_per_hour"] > 0
     assert emulated["best_predicted_steps_per_second"] > 0 and 1 <= emulated["best_k"] <= emulated["config"]["workers"]
-    assert emulated["call_fit"]["per_sample_seconds"] > 0  # the policy's c = 8 ms was seen
+    runs = emulated["runs"]
+    assert emulated["defaults_over_all_off"] == pytest.approx(
+        runs["defaults"]["env_steps_per_second"] / runs["all_off"]["env_steps_per_second"])
+    assert emulated["defaults_over_best_predicted"] == pytest.approx(
+        runs["defaults"]["env_steps_per_second"] / emulated["best_predicted_steps_per_second"])
+    # The policy sleeps a = 140 ms + c = 8 ms per sample: the fit must find about that, not just something positive.
+    assert 0.1 < emulated["call_fit"]["fixed_seconds"] < 0.3 and 0.002 < emulated["call_fit"]["per_sample_seconds"] < 0.03
     assert emulated["same_episodes"] is True  # neither the schedule nor render on demand changes an episode
     assert "Machine:" in run.stdout and results["machine"]["cpus"] >= 1 and results["machine"]["torch"]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import reach_config
-from pi0.ript.bench_policies import LatencyPolicy
+from pi0.ript.bench.policies import LatencyPolicy
 from pi0.ript.config.schema import ConfigError, load_config
 from pi0.ript.env import reach_sim
 from pi0.ript.env.factory import make_env_spec
@@ -70,7 +70,7 @@ def test_only_reach_emulates_step_time():
 
 def test_latency_policy_sleeps_to_a_plus_c_times_the_batch(monkeypatch):
     recorded = []
-    import pi0.ript.bench_policies as bench_policies
+    from pi0.ript.bench import policies as bench_policies
 
     monkeypatch.setattr(bench_policies.time, "sleep", recorded.append)
     clock = iter([10.0, 10.0, 20.0, 20.0])  # the inner policy takes no time on this clock

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT as _ROOT
-from pi0.ript.bench_train import analytic_memory
+from pi0.ript.bench.train import analytic_memory
 
 REPO_ROOT = Path(_ROOT)
 SECTIONS = ["machine", "bench_model", "bench_eval", "bench_train", "bench_compile"]

@@ -267,7 +267,7 @@ def _gone(pid: int) -> bool:
 def test_overlapped_calls_batch_every_env_when_the_policy_is_the_bottleneck(no_orphans):
     """Reach steps take ~1 ms, a 100 ms policy dominates: overlapped calls must not split the envs into small
     batches that each pay the latency (they would halve throughput); every call should carry all four envs."""
-    from pi0.ript.bench_policies import LatencyPolicy
+    from pi0.ript.bench.policies import LatencyPolicy
 
     cfg = reach_config("task.num_parallel_envs=4", "task.replan_steps=1", "task.max_episode_length=10")
     with PI0LiberoRunner(LatencyPolicy(POLICY, 0.1), config=cfg) as runner:
@@ -282,7 +282,7 @@ def test_group_schedule_gives_the_same_episodes_and_caps_each_call_at_one_group(
     """Emulated slow steps and a latency policy L(b) = a + c*b (the inference-bound regime of a GPU box): lock-step,
     three fixed groups and the runner's own choice give the same episodes; with k groups no call takes more than
     ceil(N/k) envs; the runner's own choice has seen two batch sizes, so it could fit a and c."""
-    from pi0.ript.bench_policies import LatencyPolicy
+    from pi0.ript.bench.policies import LatencyPolicy
 
     batches = []
 

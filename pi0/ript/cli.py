@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.target == "model":
                 from pi0.model.bench import main as bench_main
             elif args.target == "train":
-                from pi0.ript.bench_train import main as bench_main
+                from pi0.ript.bench.train import main as bench_main
             elif args.target == "eval":
-                from pi0.ript.bench_eval import main as bench_main
+                from pi0.ript.bench.eval import main as bench_main
             else:
                 from pi0.ript.bench import main as bench_main
             return bench_main(bench_args) or 0

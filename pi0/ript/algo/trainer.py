@@ -441,7 +441,7 @@ def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dic
         if len(set(gathered)) > 1:
             raise RuntimeError(f"ranks ended with different weights (checksums {gathered}): gradient averaging failed")
     if is_main and history:
-        plot_success(output_dir, history)
+        plot_eval_history(output_dir, history)
     return {**metrics, "success_history": history, "weights_checksum": checksum}
 
 
@@ -544,7 +544,7 @@ def save_checkpoint(cfg, output_dir, iteration, rollout_policy, optimizer_state,
     barrier()
 
 
-def plot_success(output_dir: Path, history: list[dict[str, Any]]) -> None:
+def plot_eval_history(output_dir: Path, history: list[dict[str, Any]]) -> None:
     """success.png: evaluation success rate by iteration (the curve to look at)."""
     import matplotlib
 

@@ -9,7 +9,7 @@ gradients, AdamW state and frozen copies per rank, which needs no run at all (`-
 
     pi0-ript bench train --size full --device cuda --precision bf16             # one GPU: the four variants
     pi0-ript bench train --size full --analytic-only                           # what should fit, no GPU needed
-    torchrun --nproc_per_node 8 -m pi0.ript.bench_train --one ppo-full --size full --strategy fsdp   # one variant, sharded
+    torchrun --nproc_per_node 8 -m pi0.ript.bench.train --one ppo-full --size full --strategy fsdp   # one variant, sharded
     pi0-ript bench train --size tiny --device cpu --out x.json                 # the CPU check CI runs
 """
 
@@ -201,7 +201,7 @@ def _child(args, variant: str) -> dict[str, Any]:
             port = s.getsockname()[1]
         launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
                      "--master_port", str(port)]
-    command = launcher + ["-m", "pi0.ript.bench_train", "--one", variant]
+    command = launcher + ["-m", "pi0.ript.bench.train", "--one", variant]
     for key in ("size", "device", "precision", "activation_checkpointing", "strategy", "workers", "contexts", "rollouts",
                 "episode_length", "denoise_steps", "minibatches", "image_size"):
         command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]

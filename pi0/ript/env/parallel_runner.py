@@ -106,6 +106,12 @@ class PI0LiberoRunner(RunnerBase):
         slot.loaded_task = None
         self.stats.worker_restarts += 1
 
+    def configure_run(self, *, inference_groups: int | None = None, **settings) -> None:
+        """RunnerBase.configure_run, plus `inference_groups` (0: chosen as the runner goes), learnt afresh."""
+        super().configure_run(**settings)
+        if inference_groups is not None:
+            self.schedule = GroupSchedule(int(inference_groups))
+
     def close(self) -> None:
         for slot in self._slots:
             slot.worker.close()

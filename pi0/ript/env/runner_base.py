@@ -114,6 +114,29 @@ class RunnerBase:
         if cfg.test.verbose_logging:
             logging.getLogger("pi0").setLevel(logging.DEBUG)
 
+    def configure_run(
+        self,
+        *,
+        policy: RolloutPolicy | None = None,
+        replan_steps: int | None = None,
+        max_steps: int | None = None,
+        overlap_inference: bool | None = None,
+    ) -> None:
+        """Settings for the next `run_episodes`, for callers that reuse one runner and its workers across settings
+        (the benchmarks). Only what is given changes; the config's values stay the defaults."""
+        if replan_steps is not None and replan_steps < 1:
+            raise ValueError(f"replan_steps={replan_steps} must be >= 1")
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps={max_steps} must be >= 1")
+        if policy is not None:
+            self.policy = policy
+        if replan_steps is not None:
+            self.replan_steps = int(replan_steps)
+        if max_steps is not None:
+            self.max_steps = int(max_steps)
+        if overlap_inference is not None:
+            self.overlap_inference = bool(overlap_inference)  # read by the parallel runner; the serial one never overlaps
+
     # --- the user's interface ---------------------------------------------------------------------------------
     def run_policy_in_env(
         self,
