@@ -318,3 +318,27 @@ def test_openpi_pi05_prompt_follows_discrete_state_input(tmp_path):
         assert openpi_prompt_format(tmp_path / "config.json", config) == expected
     assert default_prompt_format(PI0Config.tiny()) == "openpi"
     assert default_prompt_format(PI0Config.tiny(pi05=True)) == "pi05_state"
+
+
+def test_training_loads_its_starting_policy_with_the_tokenizer_path(monkeypatch, tmp_path):
+    """`pi0-ript train` from a LeRobot directory needs `policy.tokenizer_path` too: the trainer hands it on."""
+    from pi0.model.policy import PI0Policy
+    from pi0.ript.algo.trainer import train
+    from pi0.ript.config.schema import load_config
+
+    seen = {}
+
+    def from_pretrained(path, device=None, **kwargs):
+        seen.update(kwargs, path=str(path))
+        raise RuntimeError("loaded far enough")
+
+    monkeypatch.setattr(PI0Policy, "from_pretrained", staticmethod(from_pretrained))
+    tokenizer_dir = tmp_path / "paligemma_tokenizer"
+    tokenizer_dir.mkdir()
+    cfg = load_config(None, [
+        "task.benchmark_name=reach", "policy.kind=pi0", f"policy.checkpoint_path={tmp_path}", "policy.device=cpu",
+        f"policy.tokenizer_path={tokenizer_dir}", f"train.output_dir={tmp_path / 'run'}",
+    ])
+    with pytest.raises(RuntimeError, match="loaded far enough"):
+        train(cfg)
+    assert seen == {"tokenizer_path": str(tokenizer_dir), "path": str(tmp_path)}

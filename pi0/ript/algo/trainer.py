@@ -133,7 +133,9 @@ def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dic
     from pi0.model.policy import PI0Policy  # imported here so `--help` does not load transformers
 
     if base_policy is None:
-        base_policy = PI0Policy.from_pretrained(cfg.policy.checkpoint_path, device=device)
+        # A LeRobot checkpoint carries no tokenizer: policy.tokenizer_path names it (passed only when set).
+        tokenizer = {"tokenizer_path": cfg.policy.tokenizer_path} if cfg.policy.tokenizer_path else {}
+        base_policy = PI0Policy.from_pretrained(cfg.policy.checkpoint_path, device=device, **tokenizer)
     rl = make_rl_policy(cfg, base_policy, seed=tc.seed * 1000 + rank)
     rl.autocast_dtype = autocast_dtype
     rl.model.set_activation_checkpointing(checkpointed_parts(tc.activation_checkpointing))
