@@ -51,7 +51,7 @@ def main() -> int:
     output_dir.mkdir(parents=True)
 
     if not Path(cfg.policy.checkpoint_path).is_dir():
-        from pi0.model.policy import make_tiny_policy
+        from pi0.ript.policy.pi0_policy import make_tiny_policy
         from pi0.ript.env.factory import make_env_spec
 
         spec = make_env_spec(cfg)

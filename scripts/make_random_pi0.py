@@ -16,7 +16,7 @@ import torch
 from pi0.model.config import PI0Config
 from pi0.model.modeling import PI0Model
 from pi0.model.normalization import identity_stats
-from pi0.model.policy import PI0Policy
+from pi0.ript.policy.pi0_policy import PI0Policy
 from pi0.model.tokenizer import build_word_tokenizer
 
 INSTRUCTIONS = [

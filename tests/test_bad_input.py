@@ -17,7 +17,7 @@ CONFIG = f"{REPO_ROOT}/pi0/ript/config/ript_vla_test.yaml"
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """A real (tiny) pi0 checkpoint, and broken copies of it."""
-    from pi0.model.policy import make_tiny_policy
+    from pi0.ript.policy.pi0_policy import make_tiny_policy
 
     root = tmp_path_factory.mktemp("ckpt")
     good = root / "good"

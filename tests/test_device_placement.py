@@ -25,7 +25,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from pi0.model.policy import PI0Policy, make_tiny_policy
+from pi0.ript.policy.pi0_policy import PI0Policy, make_tiny_policy
 from pi0.ript.algo import checkpoint as ckpt
 from pi0.ript.algo import trainer
 from pi0.ript.algo.bc import collect_demonstrations, make_reach_policy

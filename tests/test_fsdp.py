@@ -97,7 +97,7 @@ def test_fsdp_checkpoint_is_a_full_state_dict_and_resumes(bc_policy, tmp_path):
     assert_same_training(uninterrupted, resumed, weight_atol=1e-6)
 
     # The checkpoint loads into one process: its policy/ directory as a pi0 policy, its RL state into an RLPolicy.
-    from pi0.model.policy import PI0Policy
+    from pi0.ript.policy.pi0_policy import PI0Policy
     from pi0.ript.algo.trainer import make_rl_policy
     from pi0.ript.config.schema import load_config
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from pi0.model.config import GEMMA_2B, GEMMA_300M, PALIGEMMA_VOCAB, SIGLIP_SO400M, PI0Config
 from pi0.model.lerobot_layout import config_variant, lerobot_type, read_lerobot_checkpoint
 from pi0.model.normalization import load_norm_stats, normalize, unnormalize
-from pi0.model.policy import ModelInputs, PI0Policy
+from pi0.ript.policy.pi0_policy import ModelInputs, PI0Policy
 from pi0.model.tokenizer import build_prompt, build_word_tokenizer, discretize_state, pi0_prompt, pi05_prompt
 from pi0.ript.config.schema import ConfigError, load_config
 from pi0.ript.policy.loading import load_policy
@@ -309,7 +309,7 @@ def test_unsupported_pipelines_are_refused_with_the_file(tmp_path):
 def test_openpi_pi05_prompt_follows_discrete_state_input(tmp_path):
     """openpi's pi05_libero (discrete_state_input=False) prompts like pi0, without the state; pi0.5 otherwise puts the
     state in its prompt; pi0 never does."""
-    from pi0.model.policy import default_prompt_format, openpi_prompt_format
+    from pi0.ript.policy.pi0_policy import default_prompt_format, openpi_prompt_format
 
     base = {"pi05": True, "paligemma_variant": "gemma_2b", "action_expert_variant": "gemma_300m"}
     for extra, expected in (({"discrete_state_input": False}, "openpi"), ({"discrete_state_input": True}, "pi05_state"), ({}, "pi05_state")):
@@ -322,7 +322,7 @@ def test_openpi_pi05_prompt_follows_discrete_state_input(tmp_path):
 
 def test_training_loads_its_starting_policy_with_the_tokenizer_path(monkeypatch, tmp_path):
     """`pi0-ript train` from a LeRobot directory needs `policy.tokenizer_path` too: the trainer hands it on."""
-    from pi0.model.policy import PI0Policy
+    from pi0.ript.policy.pi0_policy import PI0Policy
     from pi0.ript.algo.trainer import train
     from pi0.ript.config.schema import load_config
 

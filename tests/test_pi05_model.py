@@ -193,7 +193,7 @@ def test_save_load_round_trip_and_training_step(tmp_path):
 def test_one_ript_update_step_on_tiny_pi05(optimizer):
     import numpy as np
 
-    from pi0.model.policy import make_tiny_policy
+    from pi0.ript.policy.pi0_policy import make_tiny_policy
     from pi0.ript.algo.cfg import NEGATIVE, NULL, POSITIVE
     from pi0.ript.algo.flow_sde import stochastic_steps
     from pi0.ript.algo.ppo import ppo_loss
@@ -244,7 +244,7 @@ def test_one_ript_update_step_on_tiny_pi05(optimizer):
 def test_bf16_pi05_matches_fp32_closely():
     import numpy as np
 
-    from pi0.model.policy import make_tiny_policy
+    from pi0.ript.policy.pi0_policy import make_tiny_policy
     from tests.pi0_fixtures import INSTRUCTIONS, make_obs
 
     rng = np.random.default_rng(5)

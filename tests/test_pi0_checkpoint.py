@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from pi0.model.checkpoint import load_model, read_state_dict
 from pi0.model.config import PI0Config
-from pi0.model.policy import PI0Policy, make_tiny_policy
+from pi0.ript.policy.pi0_policy import PI0Policy, make_tiny_policy
 from pi0.model.tokenizer import PromptTokenizer
 from tests.pi0_fixtures import INSTRUCTIONS, make_obs, one_thread, require_reference
 

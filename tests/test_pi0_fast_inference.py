@@ -14,7 +14,7 @@ from torch.utils._pytree import tree_flatten
 
 from pi0.model.fast_sampling import FastSampler, bucket_size, pad_rows
 from pi0.model.normalization import NormStats
-from pi0.model.policy import make_tiny_policy
+from pi0.ript.policy.pi0_policy import make_tiny_policy
 from pi0.model.transforms import ImagesToModel, ResizeWithPad, Rotate180, compose
 from tests.pi0_fixtures import INSTRUCTIONS, make_obs, one_thread
 
@@ -252,7 +252,7 @@ def test_eval_loads_a_checkpoint_with_the_configured_compile_mode(tmp_path):
 
 
 def test_bench_model_reports_per_batch_timings_preprocessing_and_memory(tmp_path, capsys):
-    from pi0.model.bench import main
+    from pi0.ript.bench.model import main
 
     out = tmp_path / "bench.json"
     argv = ["--size", "tiny", "--device", "cpu", "--batch-sizes", "1", "3", "--repeats", "1", "--num-steps", "2"]
@@ -274,7 +274,7 @@ def test_bench_model_reports_per_batch_timings_preprocessing_and_memory(tmp_path
 def test_bench_builds_the_full_model_in_place_on_the_target_device_and_dtype():
     """`--size full` creates every weight on the target device in the target dtype (here the meta device: no memory),
     so a 3.3 B-parameter model never exists in fp32 on the CPU first."""
-    from pi0.model.bench import build_model
+    from pi0.ript.bench.model import build_model
 
     model = build_model("full", torch.device("meta"), torch.bfloat16, image_size=224, num_steps=10, vocab=16)
     params = list(model.parameters())
@@ -345,7 +345,7 @@ def test_pil_kernel_spreads_over_torch_threads_with_the_same_pixels():
 
 
 def test_bench_model_preprocess_only_on_the_meta_device(tmp_path, capsys):
-    from pi0.model.bench import main
+    from pi0.ript.bench.model import main
 
     out = tmp_path / "prep.json"
     argv = ["--preprocess-only", "--device", "meta", "--batch-sizes", "2", "--repeats", "1", "--image-size", "56"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, reach_config
-from pi0.model.policy import make_tiny_policy
+from pi0.ript.policy.pi0_policy import make_tiny_policy
 from pi0.ript.env.episode import EpisodeRequest
 from pi0.ript.env.parallel_runner import PI0LiberoRunner
 from pi0.ript.env.reach_sim import ReachEnvSpec

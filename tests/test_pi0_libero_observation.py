@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from pi0.model.normalization import NormStats
-from pi0.model.policy import make_tiny_policy
+from pi0.ript.policy.pi0_policy import make_tiny_policy
 
 RECORDED = Path(__file__).parent / "data" / "libero_spatial_task0_init0.npz"
 

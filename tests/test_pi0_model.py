@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from pi0.model.checkpoint import load_model
 from pi0.model.config import PI0Config
 from pi0.model.modeling import PI0Model
-from pi0.model.policy import make_tiny_policy
+from pi0.ript.policy.pi0_policy import make_tiny_policy
 from tests.pi0_fixtures import INSTRUCTIONS, make_obs, one_thread, require_reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")

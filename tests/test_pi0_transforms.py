@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from pi0.model.normalization import NormStats, load_norm_stats, normalize, save_norm_stats, unnormalize
-from pi0.model.policy import make_tiny_policy
+from pi0.ript.policy.pi0_policy import make_tiny_policy
 from pi0.model.tokenizer import build_word_tokenizer
 from pi0.model.transforms import (
     AbsoluteActions,
     DeltaActions,
     ImagesToModel,
     Rotate180,
-    quat_xyzw_to_axis_angle,
     resize_with_pad,
 )
+from pi0.ript.policy.libero_adapter import quat_xyzw_to_axis_angle
 from tests.pi0_fixtures import INSTRUCTIONS, one_thread
 
 pytestmark = pytest.mark.usefixtures("one_thread")

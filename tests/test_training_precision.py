@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pi0.model.policy import make_tiny_policy
+from pi0.ript.policy.pi0_policy import make_tiny_policy
 from pi0.ript.algo.parallel import resolve_precision
 from pi0.ript.config.algo_schema import checkpointed_parts
 from pi0.ript.algo.rl_policy import RLPolicy

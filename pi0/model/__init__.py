@@ -1,4 +1,6 @@
-"""pi0 in PyTorch: model (modeling.py, attention.py), checkpoints, normalisation, LIBERO transforms, policy adapter.
+"""pi0 and pi0.5 in PyTorch: model (modeling.py, attention.py), fast sampling, checkpoints (openpi and LeRobot layouts),
+normalisation, tokenizer and prompts, generic transforms. Nothing of LIBERO or `pi0.ript`: the policy wrapper and the
+LIBERO adapter live in `pi0.ript.policy` (`pi0_policy`, `libero_adapter`).
 
 Names are imported lazily so `import pi0.model.config` stays cheap (transformers loads only when the model is used).
 """
@@ -12,9 +14,6 @@ _EXPORTS = {
     "PI0Config": "config",
     "PI0Model": "modeling",
     "PrefixCache": "modeling",
-    "PI0Policy": "policy",
-    "ModelInputs": "policy",
-    "make_tiny_policy": "policy",
     "load_model": "checkpoint",
     "load_norm_stats": "normalization",
     "PromptTokenizer": "tokenizer",

@@ -1,6 +1,7 @@
-"""LIBERO <-> pi0 conversion as small frozen-dataclass transforms (openpi's `pi0_libero` pipeline), each one step.
+"""pi0's input and output transforms, small frozen dataclasses each doing one step (openpi's `transforms.py`).
 
-Inputs, one observation at a time (data is a dict):
+A robot adapter outside the model package (for LIBERO: `pi0.ript.policy.libero_adapter`) turns an env observation
+into model slots and composes these into its pipelines, e.g. for LIBERO:
   LiberoInputs -> Rotate180 -> ResizeWithPad(size) -> ImagesToModel -> Normalize("state") -> BuildPrompt(format)
   -> PadState(32) -> TokenizePrompt(tokenizer, 48)
 (BuildPrompt sits after Normalize: pi0.5 writes the normalised state into its prompt; see tokenizer.PROMPT_FORMATS.)
@@ -9,12 +10,11 @@ Outputs, batched ([B, H, D] actions, [B, S] raw state):
 and the inverse of the outputs, for training targets:
   DeltaActions(delta dims) -> Normalize("actions") -> PadActions(32)
 
-The model knows nothing of LIBERO; only LiberoInputs reads env keys (those of `pi0.ript.env.sim.OBS_KEYS`).
+Nothing here knows an env: the model package reads no env keys.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,9 +27,8 @@ from .tokenizer import PromptTokenizer, build_prompt, check_prompt_format
 Data = dict[str, Any]
 Transform = Callable[[Data], Data]
 
-# Model image slots in pi0's order; the third is unused by LIBERO (zero image, masked out).
+# Model image slots in pi0's order (an adapter masks out a slot its robot does not have).
 IMAGE_SLOTS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
-STATE_DIM = 8  # eef_pos (3) + axis-angle (3) + gripper_qpos (2)
 
 
 def compose(transforms: Sequence[Transform]) -> Transform:
@@ -39,16 +38,6 @@ def compose(transforms: Sequence[Transform]) -> Transform:
         return data
 
     return run
-
-
-def quat_xyzw_to_axis_angle(quat: np.ndarray) -> np.ndarray:
-    """robosuite's quat2axisangle (the one openpi's LIBERO client uses): (x, y, z, w) -> rotation vector."""
-    q = np.asarray(quat, dtype=np.float64).copy()
-    q[3] = min(max(q[3], -1.0), 1.0)
-    den = math.sqrt(1.0 - q[3] * q[3])
-    if math.isclose(den, 0.0):
-        return np.zeros(3)
-    return q[:3] * 2.0 * math.acos(q[3]) / den
 
 
 def pad_geometry(cur_h: int, cur_w: int, height: int, width: int) -> tuple[int, int, int, int]:
@@ -75,37 +64,6 @@ def pil_resize_with_pad(image: Image.Image, height: int, width: int) -> Image.Im
     canvas = Image.new(resized.mode, (width, height), 0)
     canvas.paste(resized, (left, top))
     return canvas
-
-
-@dataclass(frozen=True)
-class LiberoInputs:
-    """Env observation + instruction -> model slots: agent view -> base, wrist -> left wrist, right wrist = zeros
-    (masked); state = eef_pos + axis-angle(eef_quat) + gripper_qpos."""
-
-    def __call__(self, data: Data) -> Data:
-        obs = data["observation"]
-        for key in ("agentview_image", "wrist_image", "eef_pos", "eef_quat", "gripper_qpos"):
-            if key not in obs:
-                raise KeyError(f"observation key '{key}' missing (have {sorted(obs)}); the env must emit sim.OBS_KEYS")
-        base = np.asarray(obs["agentview_image"], dtype=np.uint8)
-        state = np.concatenate(
-            [
-                np.asarray(obs["eef_pos"], dtype=np.float64),
-                quat_xyzw_to_axis_angle(obs["eef_quat"]),
-                np.asarray(obs["gripper_qpos"], dtype=np.float64),
-            ]
-        )
-        return {
-            "images": {
-                IMAGE_SLOTS[0]: base,
-                IMAGE_SLOTS[1]: np.asarray(obs["wrist_image"], dtype=np.uint8),
-                IMAGE_SLOTS[2]: np.zeros_like(base),
-            },
-            "image_masks": {IMAGE_SLOTS[0]: True, IMAGE_SLOTS[1]: True, IMAGE_SLOTS[2]: False},
-            "state": state,
-            "raw_state": state.copy(),
-            "prompt": data["prompt"],
-        }
 
 
 @dataclass(frozen=True)
@@ -248,39 +206,3 @@ class KeepActionDims:
 
     def __call__(self, data: Data) -> Data:
         return {**data, "actions": np.asarray(data["actions"])[..., : self.dim]}
-
-
-def libero_input_transforms(
-    tokenizer: PromptTokenizer,
-    stats: Mapping[str, NormStats],
-    image_size: int,
-    state_dim: int = 32,
-    max_token_len: int = 48,
-    mode: str = "mean_std",
-    prompt_format: str = "openpi",
-) -> Transform:
-    return compose(
-        [
-            LiberoInputs(),
-            Rotate180(),
-            ResizeWithPad(image_size),
-            ImagesToModel(),
-            Normalize("state", stats, mode),
-            BuildPrompt(prompt_format),
-            PadState(state_dim),
-            TokenizePrompt(tokenizer, max_token_len, prompt_format),
-        ]
-    )
-
-
-def libero_output_transforms(
-    stats: Mapping[str, NormStats], delta_dims: tuple[int, ...], env_action_dim: int = 7, mode: str = "mean_std"
-) -> Transform:
-    return compose([Unnormalize("actions", stats, mode), AbsoluteActions(delta_dims), KeepActionDims(env_action_dim)])
-
-
-def libero_action_targets(
-    stats: Mapping[str, NormStats], delta_dims: tuple[int, ...], action_dim: int = 32, mode: str = "mean_std"
-) -> Transform:
-    """Env actions [B, H, 7] + raw state -> normalised, padded model actions [B, H, 32]."""
-    return compose([DeltaActions(delta_dims), Normalize("actions", stats, mode), PadActions(action_dim)])

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "bench":
             if args.target == "model":
-                from pi0.model.bench import main as bench_main
+                from pi0.ript.bench.model import main as bench_main
             elif args.target == "train":
                 from pi0.ript.bench.train import main as bench_main
             elif args.target == "eval":

@@ -130,7 +130,7 @@ def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dic
             )
 
     # --- policy: fp32 master weights wrapped for RL sampling; frozen copies where the loss needs them --------------
-    from pi0.model.policy import PI0Policy  # imported here so `--help` does not load transformers
+    from pi0.ript.policy.pi0_policy import PI0Policy  # imported here so `--help` does not load transformers
 
     if base_policy is None:
         # A LeRobot checkpoint carries no tokenizer: policy.tokenizer_path names it (passed only when set).

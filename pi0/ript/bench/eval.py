@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     a = _parse(argv)
     import torch
 
-    from pi0.model.bench import DTYPES, build_model, machine_info
+    from pi0.ript.bench.model import DTYPES, build_model, machine_info
     from pi0.model.normalization import identity_stats
-    from pi0.model.policy import PI0Policy
+    from pi0.ript.policy.pi0_policy import PI0Policy
     from pi0.model.tokenizer import build_word_tokenizer
     from pi0.ript.config.schema import load_config
     from pi0.ript.env.libero_sim import LiberoEnvSpec

@@ -75,7 +75,7 @@ def build_policy(size: str, device: str, seed: int = 0):
 
     from pi0.model.modeling import PI0Model
     from pi0.model.normalization import identity_stats
-    from pi0.model.policy import PI0Policy
+    from pi0.ript.policy.pi0_policy import PI0Policy
     from pi0.model.tokenizer import build_word_tokenizer
     from pi0.ript.env.reach_sim import ReachEnvSpec
 

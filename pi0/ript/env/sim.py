@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pi0.ript.policy.protocol import ACTION_DIM  # the action layout policies and envs share (defined there)
+
 OBS_KEYS = ("agentview_image", "wrist_image", "eef_pos", "eef_quat", "gripper_qpos")
-ACTION_DIM = 7  # LIBERO's OSC_POSE action: 6 delta pose dims + 1 gripper (-1 open, +1 close)
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # LIBERO's "settle" action: hold still, gripper open
 
 Observation = dict[str, np.ndarray]
@@ -68,3 +69,6 @@ class EnvSpec(Protocol):
     def num_tasks(self) -> int: ...
 
     def num_init_states(self, task_id: int) -> int: ...
+
+
+__all__ = ["ACTION_DIM", "NOOP_ACTION", "OBS_KEYS", "EnvSpec", "Observation", "ResetResult", "SimEnv", "StepResult"]

@@ -50,7 +50,7 @@ def load_policy(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     found = checkpoint_kind(path)
     if found != kind:
         raise ConfigError(f"policy.kind={kind!r} but {path / 'config.json'} is a {found} checkpoint: set policy.kind={found} (or auto)")
-    from pi0.model.policy import PI0Policy
+    from pi0.ript.policy.pi0_policy import PI0Policy
 
     import torch
 

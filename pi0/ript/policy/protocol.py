@@ -1,6 +1,6 @@
 """The policy protocol the runners call: a batch of observations in, a batch of action chunks out.
 
-The runner knows nothing else about a policy. pi0 (`pi0.model.policy.PI0Policy`), the small built-in policy
+The runner knows nothing else about a policy. pi0 (`pi0.ript.policy.pi0_policy.PI0Policy`), the small built-in policy
 (`pi0.ript.policy.small_policy.SmallPolicy`) and test wrappers all implement it.
 """
 
@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+ACTION_DIM = 7  # LIBERO's OSC_POSE action: 6 delta pose dims + 1 gripper (-1 open, +1 close); reach uses the same
 
 
 @dataclass

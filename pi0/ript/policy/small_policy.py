@@ -15,8 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pi0.ript.env.sim import ACTION_DIM
-from pi0.ript.policy.protocol import PolicyOutput
+from pi0.ript.policy.protocol import ACTION_DIM, PolicyOutput
 
 _INPUT_PIXELS = 32  # images are pooled to 32x32 first: the policy is a stand-in, not a vision model
 

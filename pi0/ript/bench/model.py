@@ -29,12 +29,12 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .config import PI0Config
-from .fast_sampling import COMPILE_MODES
-from .modeling import PI0Model
-from .normalization import identity_stats
-from .policy import PREPROCESS_MODES, PI0Policy
-from .tokenizer import build_word_tokenizer
+from pi0.model.config import PI0Config
+from pi0.model.fast_sampling import COMPILE_MODES
+from pi0.model.modeling import PI0Model
+from pi0.model.normalization import identity_stats
+from pi0.model.tokenizer import build_word_tokenizer
+from pi0.ript.policy.pi0_policy import PREPROCESS_MODES, PI0Policy
 
 BENCH_INSTRUCTIONS = ["put the bowl on the plate", "open the top drawer of the cabinet"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

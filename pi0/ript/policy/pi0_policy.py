@@ -1,4 +1,6 @@
-"""PI0Policy: the runner's `RolloutPolicy` for pi0 — input transforms -> model sampling -> output transforms.
+"""PI0Policy: the runner's `RolloutPolicy` for pi0 and pi0.5 — the LIBERO adapter's input transforms -> model
+sampling -> output transforms. It lives with the policies, not in the model package (`pi0.model` knows no env and
+nothing of `pi0.ript`).
 
 Batched over any batch size. What RL needs is exposed: `prepare_batch` (tensors), the sampling noise (passed in, or
 drawn from the policy's seeded generator and returned in `extras`), optionally every intermediate x_t of the Euler
@@ -27,27 +29,17 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from pi0.model.batch_transforms import BatchImages
+from pi0.model.checkpoint import CONFIG_NAME, load_model, save_weights
+from pi0.model.config import PI0Config
+from pi0.model.fast_sampling import FastSampler, check_compile_mode
+from pi0.model.lerobot_layout import PROMPT_FORMAT_KEY, lerobot_type, read_lerobot_checkpoint
+from pi0.model.modeling import PI0Model
+from pi0.model.normalization import NormStats, identity_stats, load_norm_stats, save_norm_stats
+from pi0.model.tokenizer import PromptTokenizer, build_word_tokenizer, check_prompt_format
+from pi0.model.transforms import IMAGE_SLOTS, BuildPrompt, Normalize, PadState, compose
+from pi0.ript.policy.libero_adapter import LiberoInputs, libero_action_targets, libero_input_transforms, libero_output_transforms
 from pi0.ript.policy.protocol import PolicyOutput
-
-from .batch_transforms import BatchImages
-from .checkpoint import CONFIG_NAME, load_model, save_weights
-from .config import PI0Config
-from .fast_sampling import FastSampler, check_compile_mode
-from .modeling import PI0Model
-from .lerobot_layout import PROMPT_FORMAT_KEY, lerobot_type, read_lerobot_checkpoint
-from .normalization import NormStats, identity_stats, load_norm_stats, save_norm_stats
-from .tokenizer import PromptTokenizer, build_word_tokenizer, check_prompt_format
-from .transforms import (
-    IMAGE_SLOTS,
-    BuildPrompt,
-    LiberoInputs,
-    Normalize,
-    PadState,
-    compose,
-    libero_action_targets,
-    libero_input_transforms,
-    libero_output_transforms,
-)
 
 log = logging.getLogger(__name__)
 
