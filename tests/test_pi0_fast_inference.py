@@ -251,17 +251,19 @@ def test_eval_loads_a_checkpoint_with_the_configured_compile_mode(tmp_path):
         load_policy(load_config(None, [*base, "policy.compile=cuda-graph"]))
 
 
-def test_bench_model_reports_per_batch_timings_preprocessing_and_memory(tmp_path, capsys):
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_bench_model_reports_per_batch_timings_preprocessing_and_memory(variant, tmp_path, capsys):
     from pi0.ript.bench.model import main
 
     out = tmp_path / "bench.json"
-    argv = ["--size", "tiny", "--device", "cpu", "--batch-sizes", "1", "3", "--repeats", "1", "--num-steps", "2"]
+    argv = ["--size", "tiny", "--device", "cpu", "--batch-sizes", "1", "3", "--repeats", "1", "--num-steps", "2", "--variant", variant]
     assert main(argv + ["--preprocess", "batched", "per_sample", "--image-size", "56", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "peak" in printed and "preprocess" in printed
     report = json.loads(out.read_text())
     assert report["machine"]["cpu_cores"] >= 1 and report["machine"]["torch"] == torch.__version__
     assert report["machine"]["gpu"] is None
+    assert report["settings"]["variant"] == variant and printed.startswith(f"{variant} tiny")
     rows = report["results"]
     assert {(r["compile"], r["preprocess"], r["batch"]) for r in rows} == {
         ("none", p, b) for p in ("batched", "per_sample") for b in (1, 3)

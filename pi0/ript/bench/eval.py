@@ -39,6 +39,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(prog="pi0-ript bench eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=("tiny", "full"), default="tiny", help="random-weight pi0 (full: 3.3 B parameters)")
+    p.add_argument("--variant", choices=("pi0", "pi05"), default="pi0", help="pi0 or pi05 (pi0.5)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--compile", choices=COMPILE_MODES, default="none", help="policy.compile for every setting")
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = LiberoEnvSpec(benchmark_name=a.suite)
     tokenizer = build_word_tokenizer([spec.instruction(t) for t in a.task_ids])
     start = time.perf_counter()
-    model = build_model(a.size, device, dtype, 224, 10, tokenizer.vocab_size)
+    model = build_model(a.size, device, dtype, 224, 10, tokenizer.vocab_size, a.variant)
     build_s = time.perf_counter() - start
     policy = PI0Policy(model, tokenizer, identity_stats(), device=device, dtype=dtype, seed=0, compile=a.compile)
     start = time.perf_counter()
@@ -88,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(device)
     where = machine["gpu"] or f"CPU ({machine['cpu_cores_usable']} cores)"
     print(
-        f"pi0 {a.size} (random weights, built in {build_s:.1f} s) on {where}, {a.dtype}, compile={a.compile} "
+        f"{a.variant} {a.size} (random weights, built in {build_s:.1f} s) on {where}, {a.dtype}, compile={a.compile} "
         f"(warm-up of batches 1..{a.workers}: {warmup_s:.1f} s); {a.suite} tasks {a.task_ids}, "
         f"{a.episodes_per_task} episodes each, {a.episode_length} steps, {a.image_size} px cameras, {a.workers} workers; "
         f"{machine['cpu_cores']} cores, torch {machine['torch']}"
     )
-    description = {"kind": "pi0", "checkpoint": None, "checkpoint_sha256": None, "random_weights": a.size}
+    description = {"kind": a.variant, "checkpoint": None, "checkpoint_sha256": None, "random_weights": a.size}
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as scratch:
         for name in a.settings:

@@ -38,6 +38,7 @@ from pi0.ript.policy.pi0_policy import PREPROCESS_MODES, PI0Policy
 
 BENCH_INSTRUCTIONS = ["put the bowl on the plate", "open the top drawer of the cabinet"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+VARIANTS = ("pi0", "pi05")
 
 
 def _obs(rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
@@ -75,12 +76,16 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def build_model(size: str, device: torch.device, dtype: torch.dtype, image_size: int, num_steps: int, vocab: int) -> PI0Model:
-    """Random weights, created on `device` in `dtype` (a full model never exists in fp32 on the CPU first)."""
+def build_model(
+    size: str, device: torch.device, dtype: torch.dtype, image_size: int, num_steps: int, vocab: int, variant: str = "pi0"
+) -> PI0Model:
+    """Random weights, created on `device` in `dtype` (a full model never exists in fp32 on the CPU first);
+    `variant` pi0 or pi05."""
+    pi05 = {"pi05": True} if variant == "pi05" else {}
     if size == "tiny":
-        cfg = PI0Config.tiny(image_size=image_size, vocab_size=max(vocab, 8), num_inference_steps=num_steps)
+        cfg = PI0Config.tiny(image_size=image_size, vocab_size=max(vocab, 8), num_inference_steps=num_steps, **pi05)
     else:
-        cfg = PI0Config.full(num_inference_steps=num_steps)
+        cfg = PI0Config.full(num_inference_steps=num_steps, **pi05)
     with torch.device(device), _default_dtype(dtype), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return PI0Model(cfg)
@@ -178,6 +183,7 @@ def _preprocess_only(policies: Sequence[PI0Policy], observations: list[dict], a:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pi0-ript bench model", description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=("tiny", "full"), default="tiny", help="tiny test model or full pi0 (random weights)")
+    p.add_argument("--variant", choices=VARIANTS, default="pi0", help="pi0 or pi05 (pi0.5)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, auto (cuda if available); meta with --preprocess-only")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["none"], help="sampling modes to compare")
@@ -211,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tokenizer = build_word_tokenizer(BENCH_INSTRUCTIONS)
 
     start = time.perf_counter()
-    model = build_model(a.size, device, dtype, a.image_size, a.num_steps, tokenizer.vocab_size)
+    model = build_model(a.size, device, dtype, a.image_size, a.num_steps, tokenizer.vocab_size, a.variant)
     build_s = time.perf_counter() - start
     machine = machine_info(device)
     params = sum(t.numel() for t in model.parameters())
@@ -219,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if device.type == "meta":
         where = f"meta device (no arithmetic) on a {where}"
     print(
-        f"pi0 {a.size} ({params / 1e6:.1f} M parameters, random weights, built in {build_s:.1f} s), {where}, {a.dtype}, "
+        f"{a.variant} {a.size} ({params / 1e6:.1f} M parameters, random weights, built in {build_s:.1f} s), {where}, {a.dtype}, "
         f"torch {torch.__version__}; {model.config.image_size} px model images from two {camera} px cameras, "
         f"{a.num_steps} Euler steps, median of {a.repeats}"
     )
@@ -232,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     observations = [_obs(rng, camera) for _ in range(max(a.batch_sizes))]
     settings = {
-        "size": a.size, "device": str(device), "dtype": a.dtype, "parameters": params, "model_image_size": model.config.image_size,
+        "size": a.size, "variant": a.variant, "device": str(device), "dtype": a.dtype, "parameters": params, "model_image_size": model.config.image_size,
         "camera_size": camera, "num_steps": a.num_steps, "repeats": a.repeats, "threads": torch.get_num_threads(),
         "build_seconds": build_s, "load_average_start": os.getloadavg(),
     }
