@@ -248,7 +248,8 @@ def test_cfg_guidance_and_loss_on_the_device():
 def test_plain_pi0_sampling_on_the_device_matches_the_cpu():
     """Evaluation's path: PI0Policy.predict_chunks with the policy's own seeded noise gives the CPU's chunks."""
     obs, instructions = observations()
-    make = lambda device: make_tiny_policy(INSTRUCTIONS, seed=0, image_size=IMAGE_SIZE, device=device, chunk_size=CHUNK)  # noqa: E731
+    make = lambda device: make_tiny_policy(INSTRUCTIONS, seed=0, image_size=IMAGE_SIZE, device=device, chunk_size=CHUNK,  # noqa: E731
+                                                record_extras=True)
     cpu = make("cpu").predict_chunks(obs, instructions)
     with emulated_device() as device:
         policy = make(device)

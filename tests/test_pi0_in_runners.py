@@ -23,7 +23,7 @@ from pi0.ript.env.reach_sim import ReachEnvSpec
 def test_tiny_pi0_and_pi05_drive_both_runners(variant, runner_cls, no_orphans):
     spec = ReachEnvSpec()
     policy = make_tiny_policy([spec.instruction(t) for t in range(spec.num_tasks())], image_size=56, seed=0,
-                              pi05=variant == "pi05")
+                              pi05=variant == "pi05", record_extras=True)
     assert policy.config.variant == variant
     cfg = reach_config("task.num_parallel_envs=2", "task.max_episode_length=12", "task.replan_steps=5")
     with runner_cls(policy, config=cfg) as runner:

@@ -79,8 +79,13 @@ def test_shapes(tiny, batch):
         chunk, traj = m.sample_actions(*batch.model_args(), num_steps=4, return_trajectory=True)
     assert chunk.shape == (3, 50, 32) and traj.shape == (3, 5, 50, 32)
     torch.testing.assert_close(traj[:, -1], chunk)
-    out = tiny.predict_chunks([make_obs(np.random.default_rng(1), 64)] * 2, INSTRUCTIONS[:2])
-    assert out.actions.shape == (2, 50, 7) and out.extras[0]["noise"].shape == (50, 32)
+    observations = [make_obs(np.random.default_rng(1), 64)] * 2
+    out = tiny.predict_chunks(observations, INSTRUCTIONS[:2])
+    assert out.actions.shape == (2, 50, 7) and out.extras == [{}, {}]  # extras only when asked for
+    tiny.record_extras = True
+    out = tiny.predict_chunks(observations, INSTRUCTIONS[:2])
+    assert out.extras[0]["noise"].shape == out.extras[0]["model_actions"].shape == (50, 32)
+    assert out.extras[1]["raw_state"].shape == (8,)
 
 
 def test_batched_equals_per_sample(tiny, batch):
@@ -112,8 +117,8 @@ def test_cached_prefix_equals_uncached(tiny, batch):
 def test_seeded_sampling_is_reproducible():
     rng = np.random.default_rng(3)
     obs = [make_obs(rng, 64) for _ in range(2)]
-    a = make_tiny_policy(INSTRUCTIONS, seed=7, image_size=56).predict_chunks(obs, INSTRUCTIONS[:2])
-    b = make_tiny_policy(INSTRUCTIONS, seed=7, image_size=56).predict_chunks(obs, INSTRUCTIONS[:2])
+    a = make_tiny_policy(INSTRUCTIONS, seed=7, image_size=56, record_extras=True).predict_chunks(obs, INSTRUCTIONS[:2])
+    b = make_tiny_policy(INSTRUCTIONS, seed=7, image_size=56, record_extras=True).predict_chunks(obs, INSTRUCTIONS[:2])
     np.testing.assert_array_equal(a.actions, b.actions)
     np.testing.assert_array_equal(a.extras[1]["noise"], b.extras[1]["noise"])
 

@@ -3,8 +3,8 @@ sampling -> output transforms. It lives with the policies, not in the model pack
 nothing of `pi0.ript`).
 
 Batched over any batch size. What RL needs is exposed: `prepare_batch` (tensors), the sampling noise (passed in, or
-drawn from the policy's seeded generator and returned in `extras`), optionally every intermediate x_t of the Euler
-integration (`record_trajectory`), `normalize_actions` (env chunk -> model space) and the model's
+drawn from the policy's seeded generator; returned in `extras` with `record_extras`), optionally every intermediate
+x_t of the Euler integration (`record_trajectory`), `normalize_actions` (env chunk -> model space) and the model's
 `flow_matching_loss`.
 
 Speed (see docs/PERFORMANCE.md, "pi0 inference: compiled path and preprocessing"):
@@ -110,6 +110,7 @@ class PI0Policy:
         seed: int | None = None,
         num_steps: int | None = None,
         record_trajectory: bool = False,
+        record_extras: bool = False,
         compile: str = "none",
         preprocess: str = "batched",
         prompt_format: str | None = None,
@@ -124,6 +125,9 @@ class PI0Policy:
         self.norm_stats = dict(norm_stats)
         self.num_steps = num_steps or self.config.num_inference_steps
         self.record_trajectory = record_trajectory
+        # Per-sample extras cost a device->host copy each and are stored in every InferenceRecord of an episode:
+        # only on request (record_extras: noise, model-space chunk, raw state; record_trajectory adds every x_t).
+        self.record_extras = record_extras
         # A CPU generator on every device: noise is drawn on the CPU and moved (model.sample_noise), so one seed gives
         # the same chunks on a CPU and on a GPU, up to floating point.
         self.generator = torch.Generator()
@@ -339,14 +343,15 @@ class PI0Policy:
         inputs = self.prepare_batch(observations, instructions)
         chunk, used_noise, traj = self.sample(inputs, noise, return_trajectory=self.record_trajectory)
         actions = self.postprocess(chunk, inputs.raw_state)
-        noise_np = used_noise.cpu().numpy()
-        chunk_np = chunk.float().cpu().numpy()
-        extras = []
-        for b in range(len(actions)):
-            e = {"noise": noise_np[b], "model_actions": chunk_np[b], "raw_state": inputs.raw_state[b].cpu().numpy()}
-            if traj is not None:
-                e["trajectory"] = traj[b].float().cpu().numpy()
-            extras.append(e)
+        extras: list[dict] = [{} for _ in range(len(actions))]
+        if self.record_extras:
+            noise_np, chunk_np, state_np = used_noise.cpu().numpy(), chunk.float().cpu().numpy(), inputs.raw_state.cpu().numpy()
+            for b, e in enumerate(extras):
+                e.update(noise=noise_np[b], model_actions=chunk_np[b], raw_state=state_np[b])
+        if traj is not None:
+            traj_np = traj.float().cpu().numpy()
+            for b, e in enumerate(extras):
+                e["trajectory"] = traj_np[b]
         return PolicyOutput(actions=actions, extras=extras)
 
     def flow_matching_loss(
@@ -409,6 +414,7 @@ def make_tiny_policy(
     dtype: torch.dtype = torch.float32,
     compile: str = "none",
     preprocess: str = "batched",
+    record_extras: bool = False,
     **config_overrides,
 ) -> PI0Policy:
     """A random-weight tiny pi0 with a word-level tokenizer built from `instructions` (tests, CPU demos)."""
@@ -418,7 +424,8 @@ def make_tiny_policy(
         torch.manual_seed(seed)
         model = PI0Model(cfg)
     return PI0Policy(
-        model, tok, norm_stats or identity_stats(), device=device, dtype=dtype, seed=seed, compile=compile, preprocess=preprocess
+        model, tok, norm_stats or identity_stats(), device=device, dtype=dtype, seed=seed, compile=compile,
+        preprocess=preprocess, record_extras=record_extras,
     )
 
 
