@@ -193,3 +193,50 @@ def test_openpi_preset_in_parallel_equals_openpis_serial_loop(tmp_path, monkeypa
     # the replayed stream is on disk for the next run: one entry state per position
     cached = list((tmp_path / "cache" / "reset_streams" / SUITE).glob(f"task{TASK:03d}_seed{SEED}.npz"))
     assert len(cached) == 1 and len(np.load(cached[0])["pos"]) >= len(SEQUENCE)
+
+
+# ------------------------------------------------------------------------------- LeRobot's reset (real LIBERO)
+
+
+@pytest.mark.libero
+def test_lerobot_seeding_equals_lerobots_reset():
+    """LeRobot's LiberoEnv.reset(seed): `env.seed(seed)` (numpy's global seed), env.reset(), the init state, 10 no-op
+    steps; lerobot-eval gives episode k of a task seed 1000 + k and (one reset per sub-env) init state k. Our sim with
+    seed_plus_position gives the same scene, out of order and after other episodes."""
+    import os
+
+    from libero.libero import benchmark, get_libero_path
+    from libero.libero.envs import OffScreenRenderEnv
+
+    from pi0.ript.env.libero_sim import LiberoEnvSpec
+
+    positions, lerobot_seed = (1, 0), 1000
+    suite = benchmark.get_benchmark_dict()[SUITE]()
+    task, initial_states = suite.get_task(TASK), suite.get_task_init_states(TASK)
+    env = OffScreenRenderEnv(bddl_file_name=os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file),
+                             camera_heights=IMAGE, camera_widths=IMAGE)
+    reference = []
+    try:
+        env.reset()  # LiberoEnv._ensure_env resets once, unseeded, when it builds the env
+        for k in positions:
+            env.seed(lerobot_seed + k)
+            env.reset()
+            obs = env.set_init_state(initial_states[k])
+            for _ in range(WAIT):
+                obs, _, _, _ = env.step([0, 0, 0, 0, 0, 0, -1])
+            reference.append(obs)
+    finally:
+        env.close()
+
+    cfg = load_config(None, [f"task.benchmark_name={SUITE}", "eval.protocol=lerobot"])
+    assert (cfg.task.seed, cfg.task.num_wait_steps, cfg.task.reset_seeding) == (lerobot_seed, WAIT, "seed_plus_position")
+    sim = LiberoEnvSpec(SUITE, image_size=IMAGE, seed=cfg.task.seed, reset_seeding=cfg.task.reset_seeding).make()
+    try:
+        sim.reset(TASK, 3)  # another episode first: the scene depends on the position only
+        ours = [sim.reset(TASK, k).observation for k in positions]
+    finally:
+        sim.close()
+    for k, o, raw in zip(positions, ours, reference):
+        np.testing.assert_array_equal(o["agentview_image"], raw["agentview_image"], err_msg=f"position {k}")
+        np.testing.assert_array_equal(o["wrist_image"], raw["robot0_eye_in_hand_image"], err_msg=f"position {k}")
+        np.testing.assert_array_equal(o["eef_pos"], raw["robot0_eef_pos"], err_msg=f"position {k}")

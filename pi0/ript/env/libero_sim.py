@@ -209,6 +209,9 @@ def _episode_seed(seed: int, task_id: int, index: int | None, state: np.ndarray)
     return int(np.random.SeedSequence([seed, task_id, 0 if index is not None else 1, key]).generate_state(1)[0])
 
 
+REPLAY_RESETS_PER_TURN = 8  # task_stream: resets one worker replays per hold of the stream's file lock
+
+
 def _mujoco_version() -> str:
     import mujoco
 
@@ -346,13 +349,17 @@ class LiberoSim:
         return None
 
     def _stream_state(self, task_id: int, position: int) -> RngState:
-        states = self._streams.get(task_id)
-        if states is None or len(states) <= position:
-            cache = StreamCache(self.spec.stream_cache_dir, self.spec.benchmark_name, task_id, self.spec.seed, self.spec.bddl_file(task_id))
-            with cache.locked():  # another worker replaying this stream finishes first; then its states are read
+        states = self._streams.get(task_id, [])
+        cache = None
+        while len(states) <= position:
+            # A few resets per turn of the lock, saved each turn: workers needing the same stream take turns (each
+            # reads what the others replayed), and a worker replaced mid-replay (runner.worker_timeout_s) loses
+            # one turn at most.
+            cache = cache or StreamCache(self.spec.stream_cache_dir, self.spec.benchmark_name, task_id, self.spec.seed, self.spec.bddl_file(task_id))
+            with cache.locked():
                 states = cache.load() or [seeded_state(self.spec.seed)]
                 if len(states) <= position:
-                    self._replay_stream(states, position)
+                    self._replay_stream(states, min(position, len(states) - 1 + REPLAY_RESETS_PER_TURN))
                     cache.save(states)
             self._streams[task_id] = states
         return states[position]
