@@ -34,6 +34,7 @@ from pi0.model.fast_sampling import COMPILE_MODES
 from pi0.model.modeling import PI0Model
 from pi0.model.normalization import identity_stats
 from pi0.model.tokenizer import build_word_tokenizer
+from pi0.ript.policy.loading import resolve_device
 from pi0.ript.policy.pi0_policy import PREPROCESS_MODES, PI0Policy
 
 BENCH_INSTRUCTIONS = ["put the bowl on the plate", "open the top drawer of the cabinet"]
@@ -199,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     if a.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(resolve_device("auto"))
     else:
         device = torch.device(a.device)
         if device.type == "cuda" and not torch.cuda.is_available():

@@ -137,15 +137,12 @@ def machine() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------- one variant
 def run_one(args) -> dict[str, Any]:
     """One training iteration of `args.one` in this process (under torchrun: on every rank)."""
-    import torch
-
     from pi0.ript.algo.trainer import train
     from pi0.ript.config.schema import load_config
+    from pi0.ript.policy.loading import resolve_device
 
     loss, part = args.one.split("-")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device) if args.device == "auto" else args.device
     if device.startswith("cuda"):
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         device = f"cuda:{local_rank}" if device == "cuda" else device

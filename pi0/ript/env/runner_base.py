@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from omegaconf import DictConfig
 
-from pi0.ript.config.schema import ConfigError, apply_debug_mode, default_config, max_episode_length
+from pi0.ript.config.schema import ConfigError, apply_debug_mode, default_config, max_episode_length, validate
 from pi0.ript.env.episode import Episode, EpisodeRequest
 from pi0.ript.env.factory import make_env_spec
 from pi0.ript.env.rollout import EpisodeInProgress, PolicyActionError
@@ -93,8 +93,8 @@ class RunnerBase:
             cfg.algo.rollouts_per_env = rollouts_per_env
         if num_parallel_envs is not None:
             cfg.task.num_parallel_envs = num_parallel_envs
-        if cfg.task.num_parallel_envs < 1:
-            raise ValueError(f"num_parallel_envs={cfg.task.num_parallel_envs} must be >= 1")
+        if (benchmark_name, rollouts_per_env, num_parallel_envs) != (None, None, None):
+            validate(cfg)  # the guide's arguments pass the same checks as the config's keys (one ConfigError each)
         self.cfg = cfg
         self.policy = policy
         self.benchmark_name = cfg.task.benchmark_name

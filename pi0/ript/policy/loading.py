@@ -20,6 +20,7 @@ SMALL_POLICY_NOTE = (
 
 
 def resolve_device(name: str) -> str:
+    """`policy.device` (and the benches' --device) to a torch device name: auto = the first GPU if torch sees one."""
     import torch
 
     if name == "auto":

@@ -48,9 +48,9 @@ TOKEN_CACHE_SIZE = 4096  # distinct instructions remembered (a LIBERO suite has 
 
 
 def auto_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+    from pi0.ript.policy.loading import resolve_device  # the one place "auto" is decided
+
+    return torch.device(resolve_device("auto"))
 
 
 @dataclass
