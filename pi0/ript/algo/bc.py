@@ -63,7 +63,7 @@ def collect_demonstrations(
 def norm_stats_for(demos: Demonstrations):
     """mean/std of the 8-dim pi0 LIBERO state (eef pos, axis-angle, gripper) and of the 7-dim actions."""
     from pi0.model.normalization import NormStats
-    from pi0.model.transforms import LiberoInputs
+    from pi0.ript.policy.libero_adapter import LiberoInputs
 
     states = np.stack([LiberoInputs()({"observation": o, "prompt": ""})["state"] for o in demos.observations])
     actions = demos.action_chunks.reshape(-1, demos.action_chunks.shape[-1])
@@ -75,7 +75,7 @@ def norm_stats_for(demos: Demonstrations):
 
 def make_reach_policy(demos: Demonstrations, image_size: int, chunk_size: int, seed: int):
     """A random tiny pi0 sized for the reach task. Reach actions are velocities, so no dims are deltas to the state."""
-    from pi0.model.policy import make_tiny_policy
+    from pi0.ript.policy.pi0_policy import make_tiny_policy
 
     return make_tiny_policy(
         sorted(set(demos.instructions)),
