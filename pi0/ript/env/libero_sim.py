@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pi0.ript.config.schema import LIBERO_PRO_SUITES, LIBERO_SUITES, RESET_SEEDINGS
+from pi0.ript.config.schema import LIBERO_PRO_SUITES, LIBERO_SUITES, RESET_SEEDINGS, TaskConfig
 from pi0.ript.env.episode import stream_position_of
 from pi0.ript.env.libero_render import CameraGate, apply_fast_render
 from pi0.ript.env.libero_reset import ResetSnapshot, fast_reset_verified
@@ -123,14 +123,15 @@ def runnable_suites(names: tuple[str, ...]) -> list[str]:
 class LiberoEnvSpec:
     """Recipe for a `LiberoSim`: plain data only, so it pickles across a spawn boundary."""
 
+    # Defaults are the config's (`TaskConfig`, stated once there); `factory.make_env_spec` passes the run's values.
     benchmark_name: str
-    image_size: int = 256
-    seed: int = 0
-    num_wait_steps: int = 10
-    fast_render: bool = False  # faster images that differ from what pretrained policies saw: off by default
-    render_on_demand: bool = True
-    fast_reset: bool = True
-    reset_seeding: str = "episode"  # episode | task_stream | seed_plus_position (see the module doc)
+    image_size: int = TaskConfig.image_size
+    seed: int = TaskConfig.seed
+    num_wait_steps: int = TaskConfig.num_wait_steps
+    fast_render: bool = TaskConfig.fast_render  # faster images that differ from what pretrained policies saw
+    render_on_demand: bool = TaskConfig.render_on_demand
+    fast_reset: bool = TaskConfig.fast_reset
+    reset_seeding: str = TaskConfig.reset_seeding  # episode | task_stream | seed_plus_position (see the module doc)
     stream_cache_dir: str = ""  # task_stream: where replayed streams are kept; "": $PI0_RIPT_CACHE or ~/.cache/pi0-ript
 
     def __post_init__(self):
