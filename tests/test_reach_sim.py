@@ -92,3 +92,23 @@ def test_expert_chunk_is_the_demonstrators_next_actions_and_leaves_the_env_alone
         assert np.array_equal(action, scripted_action(env))
         env.step(action, want_observation=False)
     env.close()
+
+
+@pytest.mark.parametrize("upside_down", [False, True])
+def test_saved_videos_are_turned_upright_only_for_envs_that_render_upside_down(upside_down, tmp_path):
+    """LIBERO's frames are turned by 180 degrees when saved; reach's are drawn upright and saved as they are."""
+    import imageio.v2 as imageio
+
+    from pi0.ript.env.episode import Episode
+    from pi0.ript.env.libero_sim import LiberoEnvSpec
+    from pi0.ript.evaluate import _save_video
+
+    assert ReachEnvSpec.renders_upside_down is False and LiberoEnvSpec.renders_upside_down is True
+    frame = np.zeros((32, 32, 3), dtype=np.uint8)
+    frame[:16] = 255  # white top half
+    episode = Episode(task_id=0, task_name="t", instruction="i", init_state_index=0, rollout_index=0, success=True,
+                      steps=2, total_reward=1.0, frames=[frame, frame])
+    _save_video(episode, tmp_path, fps=5, upside_down=upside_down)
+    saved = imageio.mimread(next(tmp_path.glob("*.mp4")))[0].astype(float)
+    top, bottom = saved[:16].mean(), saved[16:].mean()
+    assert (top < bottom) if upside_down else (top > bottom)

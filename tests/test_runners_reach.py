@@ -17,6 +17,7 @@ from pi0.ript.env import create_env_runner
 from pi0.ript.env.episode import EpisodeRequest
 from pi0.ript.env.serial_runner import LIBEROEnvRunner
 from pi0.ript.env.parallel_runner import PI0LiberoRunner, WorkerFailuresExhausted
+from pi0.ript.env.reach_sim import ReachEnvSpec
 from pi0.ript.env.rollout import PolicyActionError
 from pi0.ript.env.sim import OBS_KEYS
 from pi0.ript.policy.protocol import PolicyOutput
@@ -232,6 +233,21 @@ def test_a_worker_that_keeps_dying_ends_the_run_with_a_clear_error(no_orphans):
 
         runner.policy = type("KillingPolicy", (), {"predict_chunks": staticmethod(kill_all), "action_dim": 7, "chunk_size": 4})()
         with pytest.raises(WorkerFailuresExhausted, match="failed 2 times in a row"):
+            list(runner.run_episodes([EpisodeRequest(0, 0)]))
+
+
+class DiesOnStartSpec(ReachEnvSpec):
+    """A reach spec whose worker exits while building its env: what a script without a main guard does under spawn."""
+
+    def make(self):
+        os._exit(3)
+
+
+def test_workers_that_die_while_starting_end_with_the_start_method_hint(no_orphans):
+    """The hint is chosen from the failure's recorded command (worker.START), not from its message text."""
+    cfg = reach_config("runner.max_worker_restarts=1", "task.num_parallel_envs=1")
+    with PI0LiberoRunner(POLICY, config=cfg, env_spec=DiesOnStartSpec()) as runner:
+        with pytest.raises(WorkerFailuresExhausted, match="workers start with 'spawn': guard your script's code"):
             list(runner.run_episodes([EpisodeRequest(0, 0)]))
 
 

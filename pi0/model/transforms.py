@@ -71,8 +71,12 @@ class Rotate180:
     """LIBERO renders upside down and mirrored relative to the training data: img[::-1, ::-1]."""
 
     def __call__(self, data: Data) -> Data:
-        imgs = {k: np.ascontiguousarray(v[::-1, ::-1]) for k, v in data["images"].items()}
-        return {**data, "images": imgs}
+        return {**data, "images": {k: rotate_180(v) for k, v in data["images"].items()}}
+
+
+def rotate_180(image: np.ndarray) -> np.ndarray:
+    """[H, W, C] turned by 180 degrees (rows and columns reversed), contiguous."""
+    return np.ascontiguousarray(image[::-1, ::-1])
 
 
 @dataclass(frozen=True)

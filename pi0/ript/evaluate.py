@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
@@ -197,12 +196,15 @@ def _write_json_atomically(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _save_video(episode: Episode, directory: Path, fps: int) -> None:
+def _save_video(episode: Episode, directory: Path, fps: int, upside_down: bool) -> None:
+    """`upside_down`: the env renders its frames turned by 180 degrees (LIBERO): turn them upright."""
     import imageio.v2 as imageio
+
+    from pi0.model.transforms import rotate_180
 
     directory.mkdir(parents=True, exist_ok=True)
     name = f"task{episode.task_id:02d}_init{episode.init_state_index:03d}_{'success' if episode.success else 'failure'}.mp4"
-    frames = [np.ascontiguousarray(frame[::-1, ::-1]) for frame in episode.frames or []]  # LIBERO renders upside down
+    frames = [rotate_180(frame) if upside_down else frame for frame in episode.frames or []]
     imageio.mimwrite(directory / name, frames, fps=fps, macro_block_size=1)
 
 
@@ -296,7 +298,8 @@ def run_eval(cfg: DictConfig, rank: int = 0, world_size: int = 1, loaded_policy:
                 os.fsync(stream.fileno())  # an episode on disk survives a crash or Ctrl-C one line later
                 finished[(record["task_id"], record["init_state_index"])] = record
                 if cfg.eval.save_videos:
-                    _save_video(episode, output_dir / "videos", cfg.eval.video_fps)
+                    _save_video(episode, output_dir / "videos", cfg.eval.video_fps,
+                                getattr(runner.env_spec, "renders_upside_down", False))
                 progress.update(1)
                 progress.set_postfix(success=f"{sum(r['success'] for r in finished.values())}/{len(finished)}")
         progress.close()

@@ -35,10 +35,6 @@ def _worker_counts(args) -> list[int]:
         return [1, args.max_workers]
     return list(range(1, args.max_workers + 1))
 
-def _rss_bytes(pid: int | None = None) -> int:
-    import psutil
-
-    return psutil.Process(pid).memory_info().rss
 
 # ------------------------------------------------------------------------------------------------------- inference
 def _policy(chunk_size: int = 50):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
-from pi0.ript.bench.common import _measure_runner, _policy, _rss_bytes, _spec
+from pi0.ript.bench.common import _measure_runner, _policy, _spec
+from pi0.ript.env.worker import rss_bytes
 
 
 # ------------------------------------------------------------------------------------------------------- memory
@@ -15,7 +16,7 @@ def _bare_env(spec, task: int, queue) -> None:
     env = spec.make()
     env.reset(task_id=task, init_state=0)
     env.step(NOOP_ACTION, True)
-    queue.put(_rss_bytes())
+    queue.put(rss_bytes())
     env.close()
 
 def _record_worker_memory(results, runner) -> None:
@@ -35,7 +36,7 @@ def bench_memory(args, results, pool) -> None:
     process.start()
     mem["bare_env_rss_bytes"] = queue.get(timeout=600)
     process.join(60)
-    mem["main_rss_bytes"] = _rss_bytes()
+    mem["main_rss_bytes"] = rss_bytes()
     mem["worker_over_bare"] = [r / mem["bare_env_rss_bytes"] for r in mem["worker_rss_bytes"]]
     print(f"memory: main {mem['main_rss_bytes'] / 2**20:.0f} MiB; workers "
           + ", ".join(f"{r / 2**20:.0f} MiB" for r in mem["worker_rss_bytes"])

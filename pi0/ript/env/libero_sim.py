@@ -30,7 +30,7 @@ import re
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -123,6 +123,8 @@ def runnable_suites(names: tuple[str, ...]) -> list[str]:
 class LiberoEnvSpec:
     """Recipe for a `LiberoSim`: plain data only, so it pickles across a spawn boundary."""
 
+    # LIBERO's cameras render upside down and mirrored (policies get them turned by 180 degrees; so do saved videos).
+    renders_upside_down: ClassVar[bool] = True
     # Defaults are the config's (`TaskConfig`, stated once there); `factory.make_env_spec` passes the run's values.
     benchmark_name: str
     image_size: int = TaskConfig.image_size

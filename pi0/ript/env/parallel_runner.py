@@ -31,7 +31,7 @@ from pi0.ript.env.episode import Episode, EpisodeRequest
 from pi0.ript.env.rollout import EpisodeInProgress
 from pi0.ript.env.runner_base import RunnerBase
 from pi0.ript.env.schedule import GroupSchedule
-from pi0.ript.env.worker import RESET, STEP, EnvWorker, WorkerDied
+from pi0.ript.env.worker import RESET, START, STEP, EnvWorker, WorkerDied
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class PI0LiberoRunner(RunnerBase):
         self._send_reset(slot)
 
     def _send_reset(self, slot: _Slot) -> None:
-        if slot.worker.pending == "start":
+        if slot.worker.pending == START:
             return  # the reset goes out when the worker reports it has started (see _on_reply)
         self._send(slot, RESET, {"task_id": slot.request.task_id, "init_state": slot.request.init_state})
 
@@ -193,7 +193,7 @@ class PI0LiberoRunner(RunnerBase):
         try:
             slot.worker.send(command, data)
         except WorkerDied as exc:
-            self._retry(slot, str(exc))
+            self._retry(slot, str(exc), exc.command)
 
     # --- overlapped inference ----------------------------------------------------------------------------------
     def _next_batch(self, waiting: list[_Slot]) -> list[_Slot]:
@@ -334,16 +334,17 @@ class PI0LiberoRunner(RunnerBase):
                 try:
                     reply = slot.worker.receive()
                 except WorkerDied as exc:
-                    self._retry(slot, str(exc))
+                    self._retry(slot, str(exc), exc.command)
                     continue
                 episode = self._on_reply(slot, command, reply, pending, want_frames)
                 if episode is not None:
                     yield episode
             elif slot.worker.seconds_in_flight() >= self.worker_timeout_s:
-                self._retry(slot, f"no answer to {slot.worker.pending!r} within {self.worker_timeout_s:.0f} s (runner.worker_timeout_s)")
+                during = slot.worker.pending
+                self._retry(slot, f"no answer to {during!r} within {self.worker_timeout_s:.0f} s (runner.worker_timeout_s)", during)
 
     def _on_reply(self, slot: _Slot, command: str, reply, pending: deque, want_frames: bool) -> Episode | None:
-        if command == "start":  # the worker is up: the episode it was given can begin
+        if command == START:  # the worker is up: the episode it was given can begin
             if slot.request is not None:
                 self._send_reset(slot)
             return None
@@ -368,8 +369,9 @@ class PI0LiberoRunner(RunnerBase):
             self._send(slot, STEP, (action, want_observation))
         return None
 
-    def _retry(self, slot: _Slot, reason: str) -> None:
-        """Replace the worker and run its episode again from the init state, up to max_worker_restarts times."""
+    def _retry(self, slot: _Slot, reason: str, during: str | None = None) -> None:
+        """Replace the worker and run its episode again from the init state, up to max_worker_restarts times.
+        `during`: the command the worker failed in (worker.START while it was starting)."""
         request = slot.request
         self._replace_worker(slot, reason)
         if request is None:
@@ -377,7 +379,7 @@ class PI0LiberoRunner(RunnerBase):
         slot.failures += 1
         if slot.failures > self.max_worker_restarts:
             hint = "raise runner.max_worker_restarts or check the env"
-            if "during 'start'" in reason:
+            if during == START:
                 hint = (f"workers start with {self.start_method!r}: guard your script's code with "
                         "`if __name__ == '__main__':`, or set runner.start_method (see README, Troubleshooting)")
             raise WorkerFailuresExhausted(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -48,6 +49,7 @@ EEF_QUAT = np.array([0.0, 0.0, 0.0, 1.0])  # fixed orientation, robosuite (x, y,
 class ReachEnvSpec:
     """Picklable recipe for `ReachSim`. One task per target colour; init states are seeded by (seed, task, index)."""
 
+    renders_upside_down: ClassVar[bool] = False  # drawn the right way up (LIBERO's are not)
     image_size: int = 64  # rendered agent-view and wrist images are image_size x image_size RGB
     num_init_states_per_task: int = 50  # init states 0..N-1 of every task (like LIBERO's 50 per task)
     num_targets: int = 3  # discs on the table (the first num_targets colours); the instruction names one

@@ -25,6 +25,8 @@ from typing import Any, Iterator
 
 # Commands the worker understands.
 RESET, STEP, RENDER_COUNT, STATS, CLOSE, PING = "reset", "step", "render_count", "stats", "close", "ping"
+# Not a command: what a new worker is "doing" until it has built its env spec and sent its pid.
+START = "start"
 
 
 class WorkerError(RuntimeError):
@@ -32,7 +34,11 @@ class WorkerError(RuntimeError):
 
 
 class WorkerDied(RuntimeError):
-    """The worker process exited or stopped answering."""
+    """The worker process exited or stopped answering. `command`: what it was doing (START while starting)."""
+
+    def __init__(self, message: str, command: str | None = None):
+        super().__init__(message)
+        self.command = command
 
 
 def _worker_loop(index: int, spec: Any, conn: Connection, parent_end: Connection | None) -> None:
@@ -58,7 +64,7 @@ def _worker_loop(index: int, spec: Any, conn: Connection, parent_end: Connection
                 elif command == RENDER_COUNT:
                     result = env.render_count()
                 elif command == STATS:
-                    result = {"pid": os.getpid(), "rss_bytes": _rss_bytes()}
+                    result = {"pid": os.getpid(), "rss_bytes": rss_bytes()}
                 elif command == PING:
                     result = data
                 elif command == CLOSE:
@@ -80,10 +86,11 @@ def _worker_loop(index: int, spec: Any, conn: Connection, parent_end: Connection
         conn.close()
 
 
-def _rss_bytes() -> int:
+def rss_bytes(pid: int | None = None) -> int:
+    """Resident memory of a process (this one by default): what a worker reports and the memory bench reads."""
     import psutil
 
-    return psutil.Process().memory_info().rss
+    return psutil.Process(pid).memory_info().rss
 
 
 @contextlib.contextmanager
@@ -121,7 +128,7 @@ class EnvWorker:
         with _main_module_hidden(spec, start_method):
             self.process.start()
         child_end.close()
-        self.pending: str | None = "start"  # the worker sends its pid once the env spec is built
+        self.pending: str | None = START  # the worker sends its pid once the env spec is built
         self.sent_at = time.monotonic()
 
     # --- sending and receiving -------------------------------------------------------------------------------
@@ -141,7 +148,10 @@ class EnvWorker:
         try:
             ok, payload = self.conn.recv()
         except (EOFError, OSError, ConnectionResetError):
-            raise WorkerDied(f"worker {self.index} (pid {self.process.pid}) died (exit code {self._exit_code()}) during {self.pending!r}") from None
+            raise WorkerDied(
+                f"worker {self.index} (pid {self.process.pid}) died (exit code {self._exit_code()}) during {self.pending!r}",
+                self.pending,
+            ) from None
         command, self.pending = self.pending, None
         if not ok:
             kind, message, trace = payload
@@ -152,18 +162,18 @@ class EnvWorker:
 
     def call(self, command: str, data: Any = None, timeout: float | None = None) -> Any:
         """Send and wait for the reply (blocking), with an optional timeout."""
-        if self.pending == "start":
+        if self.pending == START:
             self.wait_started(timeout)
         self.send(command, data)
         if timeout is not None and not self.conn.poll(timeout):
-            raise WorkerDied(f"worker {self.index} did not answer {command!r} within {timeout:.0f} s")
+            raise WorkerDied(f"worker {self.index} did not answer {command!r} within {timeout:.0f} s", command)
         return self.receive()
 
     def wait_started(self, timeout: float | None = None) -> None:
-        if self.pending != "start":
+        if self.pending != START:
             return
         if timeout is not None and not self.conn.poll(timeout):
-            raise WorkerDied(f"worker {self.index} did not start within {timeout:.0f} s")
+            raise WorkerDied(f"worker {self.index} did not start within {timeout:.0f} s", START)
         self.receive()
 
     def seconds_in_flight(self) -> float:
@@ -178,10 +188,10 @@ class EnvWorker:
         """Ask politely, wait, then terminate, then kill: never leave the process behind."""
         if self.process.is_alive():
             try:
-                if self.pending is not None and self.pending != "start":
+                if self.pending is not None and self.pending != START:
                     self.kill()  # a command is in flight: the worker may be hung; don't wait for it
                 else:
-                    if self.pending == "start":
+                    if self.pending == START:
                         self.wait_started(timeout)
                     self.send(CLOSE)
                     if self.conn.poll(timeout):
