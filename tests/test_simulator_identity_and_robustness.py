@@ -54,7 +54,7 @@ def test_robustness_needs_a_suite_with_perturbations(capsys, tmp_path):
 # ------------------------------------------------------------------------------------------------ with LIBERO
 @pytest.mark.libero
 def test_every_listed_perturbation_suite_is_complete_in_the_installed_package():
-    from pi0.ript.env.libero_sim import runnable_suites, suite_readiness
+    from pi0.ript.env.libero_registry import runnable_suites, suite_readiness
 
     assert runnable_suites(tuple(LIBERO_PRO_SUITES)) == list(LIBERO_PRO_SUITES)
     assert suite_readiness("libero_10_with_milk") == (8, 10)  # registered, incomplete: what the one-line error names

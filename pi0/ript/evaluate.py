@@ -360,7 +360,7 @@ def run_robustness(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> dict[
     """The clean suite of task.benchmark_name and each of its runnable LIBERO-PRO perturbations, one eval each (same
     tasks, init states, policy and settings) in eval.output_dir/<suite>/, then results.json and robustness.png."""
     from pi0.ript.env.factory import make_env_spec
-    from pi0.ript.env.libero_sim import runnable_suites
+    from pi0.ript.env.libero_registry import runnable_suites
 
     name = cfg.task.benchmark_name
     clean = clean_suite(name)

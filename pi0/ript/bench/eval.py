@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from pi0.ript.config.schema import load_config
     from pi0.ript.env.libero_sim import LiberoEnvSpec
     from pi0.ript.evaluate import run_eval
-    from pi0.ript.policy.loading import resolve_device
+    from pi0.ript.policy.devices import resolve_device
 
     device = torch.device(resolve_device(a.device))
     dtype = DTYPES[a.dtype]

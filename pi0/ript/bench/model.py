@@ -34,7 +34,7 @@ from pi0.model.fast_sampling import COMPILE_MODES
 from pi0.model.modeling import PI0Model
 from pi0.model.normalization import identity_stats
 from pi0.model.tokenizer import build_word_tokenizer
-from pi0.ript.policy.loading import resolve_device
+from pi0.ript.policy.devices import resolve_device
 from pi0.ript.policy.pi0_policy import PREPROCESS_MODES, PI0Policy
 
 BENCH_INSTRUCTIONS = ["put the bowl on the plate", "open the top drawer of the cabinet"]

@@ -139,7 +139,7 @@ def run_one(args) -> dict[str, Any]:
     """One training iteration of `args.one` in this process (under torchrun: on every rank)."""
     from pi0.ript.algo.trainer import train
     from pi0.ript.config.schema import load_config
-    from pi0.ript.policy.loading import resolve_device
+    from pi0.ript.policy.devices import resolve_device
 
     loss, part = args.one.split("-")
     device = resolve_device(args.device) if args.device == "auto" else args.device

