@@ -2,8 +2,10 @@
 
 Each equivalence test runs the same episodes twice in one process, one env at a time: once the plain LIBERO way (render
 every step, hard reset every episode) and once with both features on, with a fixed pseudo-random action sequence per
-episode, several episodes in a row in one env, revisiting an init state. Small images and short horizons keep it
-about a minute per suite on a 2-core CPU.
+episode, several episodes in a row in one env, revisiting an init state. One task per LIBERO problem class the shipped
+suites use (libero_reset.VERIFIED_ENV_CLASSES), with tasks whose bddl sets an articulated object's state (a cabinet
+drawer open, ...): LIBERO adds one more property sampler per hard reset, which the fast reset must replay. Small images
+and short horizons keep it about a minute per task on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pickle
 import numpy as np
 import pytest
 
+from pi0.ript.env.libero_reset import VERIFIED_ENV_CLASSES
 from pi0.ript.env.libero_sim import LiberoEnvSpec
 from pi0.ript.env.sim import OBS_KEYS
 
@@ -31,14 +34,16 @@ def _actions(episode: int) -> np.ndarray:
     return a
 
 
-def _run(spec: LiberoEnvSpec, task_id: int) -> tuple[list[dict], int, int]:
+def _run(spec: LiberoEnvSpec, task_id: int) -> tuple[list[dict], int, int, str]:
     """Episodes as the policy sees them: every observation it is given (reset + every REPLAN-th step), success per
-    step, whether the reset was hard. Returns them and the number of renders the env counted."""
+    step, whether the reset was hard, how many property samplers LIBERO's reset ran. Returns them, the number of renders
+    the env counted and the env's problem class."""
     sim = spec.make()
     try:
         episodes = []
         for ep, init in enumerate(INIT_STATES):
             r = sim.reset(task_id, init)
+            samplers = len(sim._robosuite_env.object_property_initializers)
             observations, successes = [r.observation], []
             for t, action in enumerate(_actions(ep)):
                 want = (t + 1) % REPLAN == 0
@@ -47,8 +52,8 @@ def _run(spec: LiberoEnvSpec, task_id: int) -> tuple[list[dict], int, int]:
                 assert (s.observation is not None) == want
                 if want:
                     observations.append(s.observation)
-            episodes.append({"obs": observations, "success": successes, "hard": r.hard_reset})
-        return episodes, sim.render_count(), sim.camera_render_count()
+            episodes.append({"obs": observations, "success": successes, "hard": r.hard_reset, "samplers": samplers})
+        return episodes, sim.render_count(), sim.camera_render_count(), type(sim._robosuite_env).__name__
     finally:
         sim.close()
 
@@ -57,6 +62,7 @@ def _assert_identical(plain: list[dict], fast: list[dict]) -> None:
     assert len(plain) == len(fast)
     for ep, (a, b) in enumerate(zip(plain, fast)):
         assert a["success"] == b["success"], f"episode {ep}: success differs"
+        assert a["samplers"] == b["samplers"], f"episode {ep}: property samplers {a['samplers']} vs {b['samplers']}"
         assert len(a["obs"]) == len(b["obs"])
         for j, (oa, ob) in enumerate(zip(a["obs"], b["obs"])):
             for k in OBS_KEYS:
@@ -66,12 +72,31 @@ def _assert_identical(plain: list[dict], fast: list[dict]) -> None:
                 )
 
 
-@pytest.mark.parametrize("suite,task_id", [("libero_spatial", 0), ("libero_goal", 5)])
-def test_features_on_equal_features_off_bit_for_bit(suite, task_id):
+# (suite, task, problem class, property samplers per reset): one task per class the shipped suites use.
+CASES = [
+    ("libero_spatial", 4, "Libero_Tabletop_Manipulation", 1),  # (Open wooden_cabinet_1_top_region)
+    ("libero_goal", 5, "Libero_Tabletop_Manipulation", 0),
+    ("libero_object", 0, "Libero_Floor_Manipulation", 0),
+    ("libero_10", 3, "Libero_Kitchen_Tabletop_Manipulation", 1),  # (Open white_cabinet_1_bottom_region)
+    ("libero_10", 0, "Libero_Living_Room_Tabletop_Manipulation", 0),
+    ("libero_10", 5, "Libero_Study_Tabletop_Manipulation", 0),
+]
+
+
+def test_every_verified_class_has_a_case():
+    assert VERIFIED_ENV_CLASSES == {cls for _, _, cls, _ in CASES}
+
+
+@pytest.mark.parametrize("suite,task_id,env_class,samplers", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
+def test_features_on_equal_features_off_bit_for_bit(suite, task_id, env_class, samplers):
     plain_spec = LiberoEnvSpec(suite, image_size=IMAGE, render_on_demand=False, fast_reset=False)
     fast_spec = LiberoEnvSpec(suite, image_size=IMAGE, render_on_demand=True, fast_reset=True)
-    plain, _, _ = _run(plain_spec, task_id)
-    fast, renders, camera_renders = _run(fast_spec, task_id)
+    plain, _, _, cls = _run(plain_spec, task_id)
+    fast, renders, camera_renders, _ = _run(fast_spec, task_id)
+
+    assert cls == env_class
+    # Episode k's reset follows the constructor's and k+1 hard model loads: k+2 copies of each property sampler.
+    assert [e["samplers"] for e in plain] == [samplers * (k + 2) for k in range(len(INIT_STATES))]
 
     assert [e["hard"] for e in plain] == [True] * len(INIT_STATES)
     assert [e["hard"] for e in fast] == [True] + [False] * (len(INIT_STATES) - 1)  # the fast path really ran

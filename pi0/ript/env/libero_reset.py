@@ -14,6 +14,17 @@ fixtures): 2-3 s on this CPU. A soft reset (`env.hard_reset = False`) only calls
   site colours (`site_rgba`, toggled by e.g. the stove's burner). A hard reset recompiles them from the XML.
 * mjData beyond what an init state sets (qpos/qvel/time): warm-start accelerations, activations, controls, applied
   forces, plugin state; and derived quantities the controller reads when it is built.
+* Lists of the env object itself that LIBERO creates once (in `__init__`) and `_load_model` appends to without ever
+  clearing them, so that every hard reset adds one more batch: `object_property_initializers` (one `OpenCloseSampler`
+  or `TurnOnOffSampler` per `(Open ...)`, `(Close ...)`, `(Turnon ...)`, `(Turnoff ...)` in the bddl's initial state:
+  libero_spatial task 4, libero_10 tasks 3, 8, 9, libero_90 tasks 0-5 and 22-39) and `visualization_sites_list`.
+  After the constructor and n hard resets each property sampler is in the list n+1 times; `_reset_internal` runs
+  every copy, each draws one joint value from numpy's global RNG (the last wins), so each hard reset draws one number
+  more than the one before it and every later draw (fixture positions) shifts. A soft reset reloads nothing, so it
+  kept the first reset's count: in libero_10 task 3 the cabinet and the wine rack (fixtures: `body_pos`, which the
+  init state does not set) stood up to 1 cm off from the hard-reset episode's, so the images differed while the
+  robot's proprio did not. This was the "visual state" missing for the kitchen class; it was no rendering state,
+  and it hit every class with such a task, Libero_Tabletop_Manipulation too (libero_spatial task 4).
 
 So the snapshot is taken at the one point both paths share, the start of `_reset_internal`, on the first hard reset
 of a task: a full copy of the MjData; every mutable numeric array of the MjModel (all but large static mesh/texture
@@ -21,16 +32,21 @@ data that only the compiler writes); and the plain-data attributes (numpy arrays
 numeric buffers, and containers of those) of each robot, its gripper and its controller if it has one yet. References
 to the sim, models, XML trees and functions are not data and are never touched. On a soft reset, `restore` writes all
 of that back at the start of `_reset_internal` (deep copies; plain attributes the fresh objects did not have yet are
-removed), so `_reset_internal` and everything after it (set_init_state, settle steps) runs on the same inputs as after
-a hard reset. Capturing earlier or later is worse: after `_reset_internal` the placement samplers have already drawn
-this episode's fixture jitter, which a later episode must draw afresh.
+removed); and it appends to each accumulating list the batch the snapshot's hard reset appended (the same stateless
+samplers and names, their number counted from the parsed bddl and checked against the batch before), as `_load_model`
+would have. So `_reset_internal` and everything after it (set_init_state, settle steps) runs on the same inputs as
+after a hard reset. Capturing earlier or later is worse: after `_reset_internal` the placement samplers have already
+drawn this episode's fixture jitter, which a later episode must draw afresh.
 
 LIBERO's samplers draw from numpy's global RNG, so hard-reset episodes themselves differ from one another (fixture
-jitter) unless that RNG is seeded the same way: `LiberoSim` seeds it per episode (see there), for both paths.
+jitter) unless that RNG is seeded the same way: `LiberoSim` seeds it per episode (see there), for both paths. Because
+of the growing property-sampler lists, a task with property samplers still draws its fixtures from the seed *and*
+the number of resets its env ran before, on either path alike (stock LIBERO does the same; no fast-reset effect).
 
 Exactness is not argued from this list alone: tests/test_libero_sim.py compares, bit for bit, episodes after fast
-resets with episodes after hard resets (several episodes in a row, revisiting init states, on two suites), and
-`fast_reset_verified` enables the fast path only for the LIBERO env classes (problem classes) proven that way.
+resets with episodes after hard resets (several episodes in a row, revisiting init states, one task per problem class
+the shipped suites use, tasks with property samplers included), and `fast_reset_verified` enables the fast path only
+for the LIBERO env classes (problem classes) proven that way.
 """
 
 from __future__ import annotations
@@ -41,15 +57,77 @@ from typing import Any
 
 import numpy as np
 
-# LIBERO problem classes whose fast-reset episodes were measured bit-identical to hard-reset ones (see module doc):
-# libero_spatial and libero_goal tasks (tests/test_libero_sim.py). Not listed, so always hard-reset for now:
-# Libero_Kitchen_Tabletop_Manipulation (libero_10 task 3: physics and proprio identical, but images differ after a
-# fast reset: some visual state the snapshot misses, not yet found), and the living-room, study, floor (libero_object)
-# and coffee-table classes, which were not measured.
-VERIFIED_ENV_CLASSES = frozenset({"Libero_Tabletop_Manipulation"})
+# LIBERO problem classes whose fast-reset episodes were measured bit-identical to hard-reset ones (see module doc and
+# tests/test_libero_sim.py, one task per class). Which shipped suite uses which class:
+#   Libero_Tabletop_Manipulation: libero_spatial, libero_goal (and their LIBERO-PRO variants);
+#   Libero_Floor_Manipulation: libero_object (and variants);
+#   Libero_Kitchen_Tabletop_Manipulation: libero_10 tasks 2, 3, 8, 9; libero_90 tasks 0-45;
+#   Libero_Living_Room_Tabletop_Manipulation: libero_10 tasks 0, 1, 4, 6, 7; libero_90 tasks 46-72;
+#   Libero_Study_Tabletop_Manipulation: libero_10 task 5; libero_90 tasks 73-89.
+# Not listed, so always hard-reset: Libero_Coffee_Table_Manipulation, which no shipped suite uses (nothing to test on).
+VERIFIED_ENV_CLASSES = frozenset(
+    {
+        "Libero_Tabletop_Manipulation",
+        "Libero_Floor_Manipulation",
+        "Libero_Kitchen_Tabletop_Manipulation",
+        "Libero_Living_Room_Tabletop_Manipulation",
+        "Libero_Study_Tabletop_Manipulation",
+    }
+)
 
 # Large MjModel arrays that only the XML compiler writes; copying them every reset would cost time for nothing.
 _STATIC_MODEL_PREFIXES = ("mesh_", "tex_data", "hfield_data", "skin_", "flex_", "names", "paths", "text_data")
+
+
+def _property_batch(env: Any) -> int:
+    """How many samplers one `_load_model` appends to `object_property_initializers` (BDDLBaseDomain's
+    `_add_placement_initializer`: one per open/close/turnon/turnoff initial state of an object with a settable
+    joint)."""
+    states = env.object_states_dict
+    return sum(
+        1
+        for s in env.parsed_problem["initial_state"]
+        if s[0] in ("open", "close", "turnon", "turnoff") and s[1] in states and hasattr(states[s[1]], "set_joint")
+    )
+
+
+def _vis_batch(env: Any) -> int:
+    """How many names one `_load_model` appends to `visualization_sites_list` (the problem classes'
+    `_load_sites_in_arena`: one per fixture or object with visualisation sites)."""
+    bodies = list(env.fixtures_dict.values()) + list(env.objects_dict.values())
+    return sum(1 for body in bodies if body.object_properties["vis_site_names"] != {})
+
+
+# Lists LIBERO creates once and `_load_model` appends to on every hard reset (see module doc): name -> batch size.
+_ACCUMULATING_LISTS = {"object_property_initializers": _property_batch, "visualization_sites_list": _vis_batch}
+
+
+def _item_key(item: Any) -> Any:
+    if hasattr(item, "__dict__"):
+        return type(item).__name__, sorted((k, repr(v)) for k, v in vars(item).items())
+    return item
+
+
+def _appended_batches(env: Any) -> dict[str, list]:
+    """What the hard reset now running appended to each accumulating list (its last batch), checked against the
+    batch before it (the constructor's at least), so a LIBERO that appends differently fails loudly, not silently."""
+    batches = {}
+    for name, batch_size in _ACCUMULATING_LISTS.items():
+        items = getattr(env, name, None)
+        if not isinstance(items, list):
+            continue
+        n = batch_size(env)
+        if n == 0 and not items:
+            continue
+        if n == 0 or len(items) < 2 * n or len(items) % n or [_item_key(x) for x in items[-n:]] != [
+            _item_key(x) for x in items[-2 * n : -n]
+        ]:
+            raise RuntimeError(
+                f"fast reset: {type(env).__name__}.{name} (length {len(items)}) is not whole batches of {n}, "
+                "as LIBERO's _load_model appends them; its growth cannot be replayed"
+            )
+        batches[name] = list(items[-n:])
+    return batches
 
 
 def fast_reset_verified(env: Any) -> bool:
@@ -92,6 +170,7 @@ class ResetSnapshot:
     data: Any  # mujoco.MjData, a full copy
     model_arrays: dict[str, np.ndarray]
     python_state: list[dict[str, dict[str, Any]]] = field(default_factory=list)  # per robot: part -> attrs
+    appended: dict[str, list] = field(default_factory=dict)  # accumulating list -> the batch a `_load_model` appends
 
     @classmethod
     def capture(cls, env: Any) -> ResetSnapshot:
@@ -111,7 +190,7 @@ class ResetSnapshot:
         python_state = [
             {part: _plain_attrs(obj) for part, obj in _robot_parts(robot).items()} for robot in env.robots
         ]
-        return cls(data=data, model_arrays=arrays, python_state=python_state)
+        return cls(data=data, model_arrays=arrays, python_state=python_state, appended=_appended_batches(env))
 
     def restore(self, env: Any) -> None:
         """Call at the start of a soft reset's `_reset_internal` (after robosuite's `mj_resetData`)."""
@@ -121,6 +200,8 @@ class ResetSnapshot:
         for name, value in self.model_arrays.items():
             getattr(model, name)[...] = value
         mujoco.mj_copyData(env.sim.data._data, model, self.data)
+        for name, batch in self.appended.items():
+            getattr(env, name).extend(batch)  # what a hard reset's `_load_model` would append (stateless items)
         if len(env.robots) != len(self.python_state):
             raise RuntimeError("fast reset: the env's robots changed since the snapshot; use force_hard_reset=True")
         for robot, state in zip(env.robots, self.python_state):
