@@ -90,7 +90,7 @@ def _run_demo(checkpoint: Path, output_dir: Path, optimizer: str, label: str) ->
     before, after = history[0]["eval_success_rate"], history[-1]["eval_success_rate"]
     print(f"{label}: eval success {[round(h['eval_success_rate'], 3) for h in history]} in {seconds:.0f} s")
     assert 0.2 <= before <= 0.6, f"{label}: the BC starting policy should be intermediate, got {before:.3f}"
-    assert seconds < 600
+    # No time limit here: speed is for the benches; a loaded CI machine must not fail a learning test (printed above).
     assert (output_dir / "success.png").stat().st_size > 0
     return before, after
 
