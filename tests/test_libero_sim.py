@@ -4,7 +4,8 @@ Each equivalence test runs the same episodes twice in one process, one env at a 
 every step, hard reset every episode) and once with both features on, with a fixed pseudo-random action sequence per
 episode, several episodes in a row in one env, revisiting an init state. One task per LIBERO problem class the shipped
 suites use (libero_reset.VERIFIED_ENV_CLASSES), with tasks whose bddl sets an articulated object's state (a cabinet
-drawer open, ...): LIBERO adds one more property sampler per hard reset, which the fast reset must replay. Small images
+drawer open, ...): LIBERO adds one more property sampler per hard reset, whose count the sim sets at every reset (both
+paths alike), so that scenes do not depend on the env's history. Small images
 and short horizons keep it about a minute per task on a 2-core CPU.
 """
 
@@ -95,8 +96,9 @@ def test_features_on_equal_features_off_bit_for_bit(suite, task_id, env_class, s
     fast, renders, camera_renders, _ = _run(fast_spec, task_id)
 
     assert cls == env_class
-    # Episode k's reset follows the constructor's and k+1 hard model loads: k+2 copies of each property sampler.
-    assert [e["samplers"] for e in plain] == [samplers * (k + 2) for k in range(len(INIT_STATES))]
+    # Stock LIBERO runs k+2 copies of each property sampler at episode k's reset (the constructor's and k+1 hard model
+    # loads); with reset_seeding=episode every reset runs a fresh env's first reset's count, on both paths.
+    assert [e["samplers"] for e in plain] == [samplers * 2] * len(INIT_STATES)
 
     assert [e["hard"] for e in plain] == [True] * len(INIT_STATES)
     assert [e["hard"] for e in fast] == [True] + [False] * (len(INIT_STATES) - 1)  # the fast path really ran
@@ -114,6 +116,31 @@ def test_features_on_equal_features_off_bit_for_bit(suite, task_id, env_class, s
     assert o["eef_pos"].shape == (3,) and o["eef_quat"].shape == (4,) and o["gripper_qpos"].shape == (2,)
     assert all(v.flags.c_contiguous and v.flags.owndata for v in o.values())
     assert o["agentview_image"].any() and o["wrist_image"].any()  # a real render, not the black placeholder
+
+
+def test_episode_seeding_ignores_the_envs_reset_history():
+    """reset_seeding=episode on a task with a property sampler (libero_spatial task 4 opens a cabinet drawer): the same
+    init state gives the same scene in a fresh env and in one that ran other episodes before (hard resets, where stock
+    LIBERO's sampler list grows), so fixtures do not move with a worker's history."""
+    spec = LiberoEnvSpec("libero_spatial", image_size=IMAGE, fast_reset=False)
+    fresh = spec.make()
+    try:
+        first = fresh.reset(4, 1).observation
+    finally:
+        fresh.close()
+    used = spec.make()
+    try:
+        used.reset(4, 0)
+        used.reset(4, 0)
+        later = used.reset(4, 1).observation
+        samplers = len(used._robosuite_env.object_property_initializers)
+    finally:
+        used.close()
+    for k in OBS_KEYS:
+        assert np.array_equal(first[k], later[k]), f"{k}: max diff " + str(
+            np.abs(first[k].astype(np.float64) - later[k].astype(np.float64)).max()
+        )
+    assert samplers == 2  # a fresh env's first reset's count (constructor + one model load), not stock LIBERO's 4
 
 
 def test_spec_pickles_and_answers_without_building_an_env():

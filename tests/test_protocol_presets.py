@@ -99,6 +99,13 @@ STEPS = 10  # policy steps per episode
 REPLAN, WAIT, SEED = 5, 10, 7  # openpi's
 # Episodes in openpi's order: init state k at position k, then init state 1 again at position 3 (another scene)
 SEQUENCE = (0, 1, 2, 1)
+# (suite, task, episodes in openpi's order: init state k at position k, then init state 1 again at the last position)
+OPENPI_CASES = [
+    (SUITE, TASK, SEQUENCE),
+    # a property sampler (the cabinet drawer opened): openpi's env runs one more copy at every reset, so each position
+    # draws its fixtures after one number more than the one before
+    ("libero_spatial", 4, (0, 1, 1)),
+]
 
 
 class StateFeedback:
@@ -121,21 +128,21 @@ class StateFeedback:
         return PolicyOutput(actions=np.stack([self.chunk(o) for o in observations]))
 
 
-def _openpi_loop(policy: StateFeedback) -> list[dict]:
+def _openpi_loop(policy: StateFeedback, suite_name: str, task_id: int, sequence: tuple[int, ...]) -> list[dict]:
     """openpi's examples/libero/main.py for one task, minus the websocket, the resizing and the video."""
     from libero.libero import benchmark, get_libero_path
     from libero.libero.envs import OffScreenRenderEnv
     import os
 
     np.random.seed(SEED)
-    task = benchmark.get_benchmark_dict()[SUITE]().get_task(TASK)
-    initial_states = benchmark.get_benchmark_dict()[SUITE]().get_task_init_states(TASK)
+    task = benchmark.get_benchmark_dict()[suite_name]().get_task(task_id)
+    initial_states = benchmark.get_benchmark_dict()[suite_name]().get_task_init_states(task_id)
     bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
     env = OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=IMAGE, camera_widths=IMAGE)
     env.seed(SEED)
     episodes = []
     try:
-        for init in SEQUENCE:
+        for init in sequence:
             env.reset()
             plan = collections.deque()
             obs = env.set_init_state(initial_states[init])
@@ -164,25 +171,39 @@ def _openpi_loop(policy: StateFeedback) -> list[dict]:
 
 
 @pytest.mark.libero
-def test_openpi_preset_in_parallel_equals_openpis_serial_loop(tmp_path, monkeypatch, no_orphans):
+@pytest.mark.parametrize("suite,task_id,sequence", OPENPI_CASES, ids=[f"{c[0]}-{c[1]}" for c in OPENPI_CASES])
+def test_openpi_preset_in_parallel_equals_openpis_serial_loop(suite, task_id, sequence, tmp_path, monkeypatch, no_orphans):
     monkeypatch.setenv("PI0_RIPT_CACHE", str(tmp_path / "cache"))  # the workers inherit it: a fresh stream cache
     policy = StateFeedback()
-    reference = _openpi_loop(policy)
-    # the order matters in openpi's loop: init state 1 at position 3 is another scene than at position 1
-    assert not np.array_equal(reference[1]["observations"][0]["agentview_image"], reference[3]["observations"][0]["agentview_image"])
+    reference = _openpi_loop(policy, suite, task_id, sequence)
+    last = len(sequence) - 1
+    # the order matters in openpi's loop: init state 1 at the last position is another scene than at position 1
+    assert not np.array_equal(reference[1]["observations"][0]["agentview_image"], reference[last]["observations"][0]["agentview_image"])
 
     cfg = libero_config(
-        f"task.benchmark_name={SUITE}", "eval.protocol=openpi", "task.num_parallel_envs=2", f"task.image_size={IMAGE}",
+        f"task.benchmark_name={suite}", "eval.protocol=openpi", "task.num_parallel_envs=2", f"task.image_size={IMAGE}",
         "task.fast_render=false", f"task.max_episode_length={STEPS}",
     )
     assert (cfg.task.seed, cfg.task.replan_steps, cfg.task.num_wait_steps, cfg.task.reset_seeding) == (SEED, REPLAN, WAIT, "task_stream")
-    requests = [EpisodeRequest(TASK, init) for init in SEQUENCE[:3]] + [EpisodeRequest(TASK, SEQUENCE[3], stream_position=3)]
+    # The stream cache already holds every position's entry state (as on a second run), so no worker replays resets
+    # in its own env: the worker that runs position 1 first has reset its env fewer times than openpi's env had,
+    # and still gets openpi's scene (with the property samplers: their count is set per position, not by history).
+    from pi0.ript.env.libero_sim import LiberoEnvSpec
+
+    warm = LiberoEnvSpec(suite, image_size=IMAGE, seed=SEED, reset_seeding="task_stream").make()
+    try:
+        warm.reset(task_id, last)
+        assert warm.replayed_resets == last
+    finally:
+        warm.close()
+    requests = [EpisodeRequest(task_id, init) for init in sequence[:last]]
+    requests.append(EpisodeRequest(task_id, sequence[last], stream_position=last))
     with PI0LiberoRunner(policy, config=cfg) as runner:
         episodes = sorted(runner.run_episodes(requests), key=lambda e: e.request_id)
         pids = {p for p in runner.worker_pids()}
     assert len(pids) == 2
 
-    assert [e.init_state_index for e in episodes] == list(SEQUENCE)
+    assert [e.init_state_index for e in episodes] == list(sequence)
     for k, (ours, theirs) in enumerate(zip(episodes, reference)):
         assert (ours.success, ours.steps) == (theirs["success"], theirs["steps"]), f"episode {k}"
         np.testing.assert_array_equal(ours.actions, theirs["actions"], err_msg=f"episode {k}: actions")
@@ -191,8 +212,8 @@ def test_openpi_preset_in_parallel_equals_openpis_serial_loop(tmp_path, monkeypa
             for key in OBS_KEYS:  # the policy's images, bit for bit, and its proprio
                 np.testing.assert_array_equal(record.observation[key], seen[key], err_msg=f"episode {k} step {record.step} {key}")
     # the replayed stream is on disk for the next run: one entry state per position
-    cached = list((tmp_path / "cache" / "reset_streams" / SUITE).glob(f"task{TASK:03d}_seed{SEED}.npz"))
-    assert len(cached) == 1 and len(np.load(cached[0])["pos"]) >= len(SEQUENCE)
+    cached = list((tmp_path / "cache" / "reset_streams" / suite).glob(f"task{task_id:03d}_seed{SEED}.npz"))
+    assert len(cached) == 1 and len(np.load(cached[0])["pos"]) >= len(sequence)
 
 
 # ------------------------------------------------------------------------------- LeRobot's reset (real LIBERO)

@@ -39,9 +39,12 @@ after a hard reset. Capturing earlier or later is worse: after `_reset_internal`
 drawn this episode's fixture jitter, which a later episode must draw afresh.
 
 LIBERO's samplers draw from numpy's global RNG, so hard-reset episodes themselves differ from one another (fixture
-jitter) unless that RNG is seeded the same way: `LiberoSim` seeds it per episode (see there), for both paths. Because
-of the growing property-sampler lists, a task with property samplers still draws its fixtures from the seed *and*
-the number of resets its env ran before, on either path alike (stock LIBERO does the same; no fast-reset effect).
+jitter) unless that RNG is seeded the same way: `LiberoSim` seeds it per episode (see there), for both paths. Left
+alone, the growing property-sampler list would make a task with property samplers draw its fixtures from the seed
+*and* the number of resets its env ran before (stock LIBERO does). So `LiberoSim`'s hook, right after the capture or
+the restore, sets that list to a count of copies of the batch (`set_property_sampler_copies`) that the reset seeding
+fixes (libero_sim.py), on both paths alike; the restore's append of that batch is then overwritten, and fast and hard
+resets stay equal bit for bit because both run the count set there.
 
 Exactness is not argued from this list alone: tests/test_libero_sim.py compares, bit for bit, episodes after fast
 resets with episodes after hard resets (several episodes in a row, revisiting init states, one task per problem class
@@ -108,26 +111,46 @@ def _item_key(item: Any) -> Any:
     return item
 
 
+def _appended_batch(env: Any, name: str) -> list | None:
+    """What the hard reset now running appended to one accumulating list (its last batch), checked against the batch
+    before it (the constructor's at least), so a LIBERO that appends differently fails loudly, not silently. None when
+    the env has no such list or the list stays empty."""
+    items = getattr(env, name, None)
+    if not isinstance(items, list):
+        return None
+    n = _ACCUMULATING_LISTS[name](env)
+    if n == 0 and not items:
+        return None
+    if n == 0 or len(items) < 2 * n or len(items) % n or [_item_key(x) for x in items[-n:]] != [
+        _item_key(x) for x in items[-2 * n : -n]
+    ]:
+        raise RuntimeError(
+            f"{type(env).__name__}.{name} (length {len(items)}) is not whole batches of {n}, "
+            "as LIBERO's _load_model appends them; its growth cannot be replayed"
+        )
+    return list(items[-n:])
+
+
 def _appended_batches(env: Any) -> dict[str, list]:
-    """What the hard reset now running appended to each accumulating list (its last batch), checked against the
-    batch before it (the constructor's at least), so a LIBERO that appends differently fails loudly, not silently."""
-    batches = {}
-    for name, batch_size in _ACCUMULATING_LISTS.items():
-        items = getattr(env, name, None)
-        if not isinstance(items, list):
-            continue
-        n = batch_size(env)
-        if n == 0 and not items:
-            continue
-        if n == 0 or len(items) < 2 * n or len(items) % n or [_item_key(x) for x in items[-n:]] != [
-            _item_key(x) for x in items[-2 * n : -n]
-        ]:
-            raise RuntimeError(
-                f"fast reset: {type(env).__name__}.{name} (length {len(items)}) is not whole batches of {n}, "
-                "as LIBERO's _load_model appends them; its growth cannot be replayed"
-            )
-        batches[name] = list(items[-n:])
-    return batches
+    batches = {name: _appended_batch(env, name) for name in _ACCUMULATING_LISTS}
+    return {name: batch for name, batch in batches.items() if batch is not None}
+
+
+PROPERTY_SAMPLERS = "object_property_initializers"
+
+
+def property_sampler_batch(env: Any) -> list | None:
+    """The property samplers one hard reset's `_load_model` appended (call during a hard reset, at the start of
+    `_reset_internal`); None for a task without any."""
+    return _appended_batch(env, PROPERTY_SAMPLERS)
+
+
+def set_property_sampler_copies(env: Any, batch: list, copies: int) -> None:
+    """Make `object_property_initializers` hold `copies` copies of the batch: what it holds in stock LIBERO at the
+    start of the (copies-1)-th reset after the constructor (the constructor and each hard reset append one batch).
+    The samplers are stateless; each copy draws one number from numpy's global RNG, so the count fixes which draws
+    the fixture placements get."""
+    getattr(env, PROPERTY_SAMPLERS)[:] = list(batch) * copies
 
 
 def fast_reset_verified(env: Any) -> bool:

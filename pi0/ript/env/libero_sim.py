@@ -16,6 +16,13 @@ Where fixtures stand is drawn at each reset from numpy's global RNG; `reset_seed
 (task.reset_seeding, set by eval.protocol): `episode` (pi0-ript's own: a seed per (seed, task, init state), whatever ran
 before), `task_stream` (openpi's: the task's stream seeded once, the k-th reset continuing it, replayed and cached by
 `reset_stream.py`) or `seed_plus_position` (LeRobot's: seed + k before the k-th reset).
+
+Tasks whose bddl opens, closes or turns on an object also draw one number per property sampler before the fixtures,
+and stock LIBERO runs one more copy of those samplers at every hard reset (libero_reset.py). The hook sets the count
+the seeding implies, on both reset paths: `episode` always a fresh env's first reset's (2 copies), `task_stream` the
+count openpi's env has at the episode's position (k + 2 for position k: one env per task, built then reset once per
+episode), `seed_plus_position` LeRobot's (3: its env resets once when built, then once for the episode, assuming one
+episode per sub-env per task, as the preset does). So for those tasks too a scene depends on the seeding's inputs only.
 """
 
 from __future__ import annotations
@@ -38,7 +45,12 @@ from pi0.ript.config.schema import LIBERO_PRO_SUITES, LIBERO_SUITES, RESET_SEEDI
 from pi0.ript.env.libero_registry import _LIBERO_MISSING
 from pi0.ript.env.episode import stream_position_of
 from pi0.ript.env.libero_render import CameraGate, apply_fast_render
-from pi0.ript.env.libero_reset import ResetSnapshot, fast_reset_verified
+from pi0.ript.env.libero_reset import (
+    ResetSnapshot,
+    fast_reset_verified,
+    property_sampler_batch,
+    set_property_sampler_copies,
+)
 from pi0.ript.env.reset_stream import RngState, StreamCache, same_state, seeded_state
 from pi0.ript.env.sim import ACTION_DIM, NOOP_ACTION, OBS_KEYS, Observation, ResetResult, StepResult
 
@@ -186,6 +198,12 @@ def _episode_seed(seed: int, task_id: int, index: int | None, state: np.ndarray)
     return int(np.random.SeedSequence([seed, task_id, 0 if index is not None else 1, key]).generate_state(1)[0])
 
 
+# LIBERO's constructor and each hard reset append one batch of property samplers (libero_reset.py), so the k-th reset
+# after the constructor (1-based) runs k+1 copies and draws one number per copy before the fixture placements. Which
+# count each seeding sets (`LiberoSim._sampler_copies_for`):
+FRESH_SAMPLER_COPIES = 2  # `episode`: a fresh env's first reset, whatever this env ran before
+LEROBOT_SAMPLER_COPIES = 3  # `seed_plus_position`: LeRobot's LiberoEnv resets once when built, then the episode's reset
+
 REPLAY_RESETS_PER_TURN = 8  # task_stream: resets one worker replays per hold of the stream's file lock
 
 
@@ -223,6 +241,8 @@ class LiberoSim:
         self._reset_attempts = 0
         self._entry_state: RngState | None = None  # a harness's state for the coming reset's draws (see the hook)
         self._drew_before_hook = False
+        self._sampler_batch: list | None = None  # the task's property samplers, one `_load_model`'s batch
+        self._sampler_copies = FRESH_SAMPLER_COPIES  # copies of that batch the coming reset runs (see the hook)
         self._streams: dict[int, list[RngState]] = {}  # task -> entry states of its task_stream (from StreamCache)
         self.replayed_resets = 0  # resets replayed to find task_stream entry states (0 when the cache had them)
         self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
@@ -239,6 +259,7 @@ class LiberoSim:
             )
         self._task_id = task_id
         self._snapshot = None
+        self._sampler_batch = None
         self._gate = CameraGate(self._env.env)
         self._n_cameras = len(self._env.env.camera_names)
         self._wrap_reset_internal(self._env.env)
@@ -263,12 +284,19 @@ class LiberoSim:
                     self._snapshot = ResetSnapshot.capture(env)
                 elif self._pending == "restore":
                     self._snapshot.restore(env)
+                # The property samplers the reset runs: LIBERO's list grows by one batch per hard reset, so left alone
+                # the fixtures would depend on how many resets this env ran before. Set the count the seeding implies
+                # (a retry after a RandomizationError is a new env.reset(): in stock LIBERO one more hard reset).
+                if self._hook_error is None and env.hard_reset:  # (an error's retry runs without the hook)
+                    self._sampler_batch = property_sampler_batch(env)
+                if self._hook_error is None and self._sampler_batch is not None:
+                    set_property_sampler_copies(env, self._sampler_batch, self._sampler_copies + self._reset_attempts)
             except Exception as exc:
                 self._hook_error, self._pending = exc, None
                 raise
             # LIBERO's samplers draw fixture jitter and articulated-object joints from numpy's global RNG: seed it per
-            # episode, so an episode depends on (seed, task, init state) only, not on what ran before in this process
-            # (the parallel runner's workers run different histories) nor on the reset path. A retry after robosuite's
+            # episode (and set the sampler count above), so an episode depends on (seed, task, init state) only, not on
+            # what ran before in this process (the parallel runner's workers run different histories) nor on the reset path. A retry after robosuite's
             # RandomizationError gets the next seed, as the unseeded loop would get fresh draws.
             if self._entry_state is None:
                 np.random.seed((self._episode_seed + self._reset_attempts) % 2**32)
@@ -325,6 +353,14 @@ class LiberoSim:
             return self._stream_state(task_id, position)
         return None
 
+    def _sampler_copies_for(self, position: int | None) -> int:
+        """Copies of the property-sampler batch the episode's reset runs: the harness's count at that reset."""
+        if self.spec.reset_seeding == "task_stream":
+            return position + FRESH_SAMPLER_COPIES  # openpi: one env per task, episode k is its (k+1)-th reset
+        if self.spec.reset_seeding == "seed_plus_position":
+            return LEROBOT_SAMPLER_COPIES
+        return FRESH_SAMPLER_COPIES
+
     def _stream_state(self, task_id: int, position: int) -> RngState:
         states = self._streams.get(task_id, [])
         cache = None
@@ -346,12 +382,14 @@ class LiberoSim:
         reset k+1 starts. Resets only (no init state, settle steps, policy steps: none of them draws), no rendering;
         fast resets where proven equal to hard ones."""
         while len(states) <= position:
-            self._env_reset(False, states[-1], observe=False)
+            copies = self._sampler_copies_for(len(states) - 1)
+            self._env_reset(False, states[-1], observe=False, sampler_copies=copies)
             states.append(np.random.get_state())
             self.replayed_resets += 1
 
-    def _env_reset(self, force_hard_reset: bool, entry: RngState | None, observe: bool) -> bool:
-        """LIBERO's env.reset() on the fast or the hard path, its draws seeded per `reset_seeding`; True if hard."""
+    def _env_reset(self, force_hard_reset: bool, entry: RngState | None, observe: bool, sampler_copies: int) -> bool:
+        """LIBERO's env.reset() on the fast or the hard path, its draws seeded per `reset_seeding` and running
+        `sampler_copies` copies of the property samplers; True if hard."""
         env = self._robosuite_env
         hard = (
             force_hard_reset
@@ -360,6 +398,7 @@ class LiberoSim:
             or not fast_reset_verified(env)
         )
         self._reset_attempts = 0
+        self._sampler_copies = sampler_copies
         self._entry_state, self._drew_before_hook = entry, False
         self._pending = ("capture" if self.spec.fast_reset else None) if hard else "restore"
         # The env.reset() and set_init_state() observations are overwritten by the settle steps, so with render on
@@ -398,7 +437,7 @@ class LiberoSim:
         on_demand = self.spec.render_on_demand
         entry = self._entry_state_for(task_id, position)  # may replay the task's stream first (task_stream)
         self._episode_seed = _episode_seed(self.spec.seed, task_id, index, state)
-        hard = self._env_reset(force_hard_reset, entry, observe=True)
+        hard = self._env_reset(force_hard_reset, entry, observe=True, sampler_copies=self._sampler_copies_for(position))
 
         n_wait = self.spec.num_wait_steps
         self._gate.open = (not on_demand) or n_wait == 0

