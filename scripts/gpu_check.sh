@@ -1,25 +1,42 @@
 #!/usr/bin/env bash
-# The GPU check: what pi0-ript does on one GPU machine, each section under its own time limit (at most 560 s in
-# all), every result written as it comes (a killed run still leaves the sections before it).
+# The GPU check: what pi0-ript does on one GPU machine, each section under its own time limit, every result written
+# as it comes (a killed run still leaves the sections before it).
 #
 #   source .gpu/setup.sh && scripts/gpu_check.sh OUT_DIR          # on an offline GPU box (shared/gpu copied to .gpu/)
 #   scripts/gpu_check.sh --dry-run OUT_DIR                         # the same sections on a CPU, tiny sizes (CI runs it)
+#   scripts/gpu_check.sh --sections machine,bench_runner_quick OUT_DIR   # some sections, in this file's order
 #
-# Sections (OUT_DIR/<section>.log each, OUT_DIR/gpu_check.json the summary: exit code and seconds per section):
+# Sections (OUT_DIR/<section>.log each, OUT_DIR/gpu_check.json the summary: exit code and seconds per section);
+# without --sections the first four run (limits 560 s in all); the last three only when named:
 #   machine        GPU, driver, torch, transformers, MuJoCo
 #   bench_model    full-size pi0 inference by batch size, bf16, eager and CUDA-graphed (ms per call, preprocessing
 #                  share, capture time, peak memory)
 #   bench_eval     `pi0-ript eval` on libero_spatial (2 tasks x 14 full-length episodes, 14 workers, 256 px cameras)
-#                  with that model, CUDA-graphed: the all-off way against the defaults, env-steps/s and episodes/hour
+#                  with that model, CUDA-graphed: the all-off way, task-major assignment and the defaults, env-steps/s
+#                  (whole run and after the first step) and episodes/hour
 #   bench_train    one RIPT iteration per variant (ppo/cfg, full fine-tuning), bf16 + activation checkpointing:
 #                  time per phase, peak memory, analytic memory
 #   bench_compile  torch.compile (reduce-overhead) of the full model at batch 1 against eager: a cold compilation
-#                  takes minutes, so it runs last and may be cut by its limit (the dry run times eager only)
+#                  takes over a minute (the dry run times eager only)
+#   bench_eval_compiled  bench_eval's run with reduce-overhead sampling, the defaults only (five buckets to compile,
+#                  ~70 s each cold on an H200: about 8 minutes in all)
+#   bench_runner_quick   `pi0-ript bench runner --quick` on the box's cores (issue 17: minutes on 16 cores); the dry
+#                  run does its smoke run of two sections
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-dry_run=0
-if [[ "${1:-}" == "--dry-run" ]]; then dry_run=1; shift; fi
+ALL_SECTIONS="machine bench_model bench_eval bench_train bench_compile bench_eval_compiled bench_runner_quick"
+dry_run=0 sections="machine bench_model bench_eval bench_train"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dry-run) dry_run=1; shift ;;
+    --sections) sections=${2//,/ }; shift 2 ;;
+    *) break ;;
+  esac
+done
+for name in $sections; do
+  [[ " $ALL_SECTIONS " == *" $name "* ]] || { echo "gpu_check.sh: unknown section '$name': use some of: $ALL_SECTIONS" >&2; exit 2; }
+done
 out=${1:-gpu_check_out}
 mkdir -p "$out"
 python=${PYTHON:-python3}
@@ -29,15 +46,18 @@ echo '{}' > "$summary"
 if (( dry_run )); then
   size=tiny device=cpu dtype=float32 precision=fp32 batches="1 2" graphs="none" compiled="none"
   eval_args="--workers 1 --task-ids 0 --episodes-per-task 1 --episode-length 6 --image-size 64"
+  runner_args="--smoke --sections sim,pickle"
   train_extra="--workers 2 --contexts 2 --rollouts 2 --episode-length 10 --minibatches 2"
 else
   size=full device=cuda dtype=bfloat16 precision=bf16 batches="1 4 16 64" graphs="none cuda-graph" compiled="none reduce-overhead"
-  eval_args="--compile cuda-graph --workers 14 --task-ids 0 1 --episodes-per-task 14 --episode-length 220 --image-size 256"
+  eval_args="--workers 14 --task-ids 0 1 --episodes-per-task 14 --episode-length 220 --image-size 256"
+  runner_args="--quick"
   train_extra=""
 fi
 
 section() {  # section NAME SECONDS COMMAND...: run it under a time limit, log it, record exit code and seconds
   local name=$1 limit=$2; shift 2
+  [[ " $sections " == *" $name "* ]] || return 0
   local started=$SECONDS
   echo "== $name (limit ${limit}s): $*"
   timeout --kill-after=10 "$limit" "$@" > "$out/$name.log" 2>&1
@@ -69,16 +89,23 @@ section bench_model 110 "$python" -m pi0.ript.cli bench model --size "$size" --d
   --batch-sizes $batches --compile $graphs --out "$out/bench_model.json"
 
 # shellcheck disable=SC2086
-section bench_eval 190 "$python" -m pi0.ript.cli bench eval --size "$size" --device "$device" --dtype "$dtype" \
-  --settings all-off,defaults $eval_args --out "$out/bench_eval.json"
+section bench_eval 200 "$python" -m pi0.ript.cli bench eval --size "$size" --device "$device" --dtype "$dtype" \
+  --compile "${graphs##* }" --settings all-off,task-major,defaults $eval_args --out "$out/bench_eval.json"
 
 # shellcheck disable=SC2086
-section bench_train 120 "$python" -m pi0.ript.cli bench train --size "$size" --device "$device" --precision "$precision" \
-  --activation-checkpointing all --variants ppo-full,cfg-full --timeout 55 $train_extra --out "$out/bench_train.json"
+section bench_train 230 "$python" -m pi0.ript.cli bench train --size "$size" --device "$device" --precision "$precision" \
+  --activation-checkpointing all --variants ppo-full,cfg-full --timeout 100 $train_extra --out "$out/bench_train.json"
 
 # shellcheck disable=SC2086
-section bench_compile 100 "$python" -m pi0.ript.cli bench model --size "$size" --device "$device" --dtype "$dtype" \
+section bench_compile 95 "$python" -m pi0.ript.cli bench model --size "$size" --device "$device" --dtype "$dtype" \
   --batch-sizes 1 --compile $compiled --out "$out/bench_compile.json"
+
+# shellcheck disable=SC2086
+section bench_eval_compiled 540 "$python" -m pi0.ript.cli bench eval --size "$size" --device "$device" --dtype "$dtype" \
+  --compile "${compiled##* }" --settings defaults $eval_args --out "$out/bench_eval_compiled.json"
+
+# shellcheck disable=SC2086
+section bench_runner_quick 300 "$python" -m pi0.ript.cli bench runner $runner_args --out "$out/bench_runner_quick.json"
 
 cat "$summary"
 "$python" -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(any(v['exit_code'] for v in s.values()))" "$summary"

@@ -1,5 +1,6 @@
 """Reset time per LIBERO scene class, hard against fast: the mean `reset_s` LiberoSim reports for resets 2-3 of one
-task (the first reset of an env is always a hard one). One task per class of the shipped suites.
+task (the first reset of an env is always a hard one). One task per class of the shipped suites. Last, what a task
+switch costs in a warm process (the env is rebuilt for the new task): what runner.spread_tasks saves per switch.
 
     MUJOCO_GL=egl python scripts/reset_times.py
 """
@@ -23,3 +24,12 @@ if __name__ == "__main__":
             assert [r.hard_reset for r in resets[1:]] == [not fast] * 2, "fast reset did not engage"
             row.append(float(np.mean([r.info["reset_s"] for r in resets[1:]])))
         print(f"{scene:12s} {suite} task {task}: hard {row[0]:.2f} s, fast {row[1]:.2f} s ({row[0] / row[1]:.1f}x)", flush=True)
+
+    sim = LiberoEnvSpec("libero_spatial", image_size=64).make()
+    try:
+        switches = [sim.reset(task, 0).info["reset_s"] for task in (0, 1, 0, 1)][1:]  # the first also imports, JITs
+        fast = [sim.reset(1, i).info["reset_s"] for i in (1, 2)]
+    finally:
+        sim.close()
+    print(f"task switch (env rebuilt) in libero_spatial, tasks 0 <-> 1: {np.mean(switches):.2f} s; "
+          f"a fast reset of the same task: {np.mean(fast):.2f} s", flush=True)

@@ -119,3 +119,15 @@ def test_algo_optimizer_is_the_earlier_name_of_algo_loss():
     assert load_config(None, ["algo.optimizer=cfg"]).algo.loss == "cfg"
     assert load_config(None, ["algo.optimizer=cfg"]).algo.optimizer is None  # folded: one key is read
     assert load_config(None, []).algo.loss == "ppo"
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ("defaults,fastest", "--settings: unknown fastest; use all-off, defaults, task-major, serial"),
+    ("defaults,task-major,defaults", "--settings defaults,task-major,defaults: name each setting once"),
+])
+def test_bench_eval_settings_are_checked_before_anything_runs(settings, expected, capsys):
+    from pi0.ript.bench.eval import main as bench_eval
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench_eval(["--settings", settings])
+    assert exit_info.value.code == 2 and expected in capsys.readouterr().err

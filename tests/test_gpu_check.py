@@ -16,14 +16,14 @@ from conftest import REPO_ROOT as _ROOT
 from pi0.ript.bench.train import analytic_memory
 
 REPO_ROOT = Path(_ROOT)
-SECTIONS = ["machine", "bench_model", "bench_eval", "bench_train", "bench_compile"]
+SECTIONS = ["machine", "bench_model", "bench_eval", "bench_train", "bench_compile", "bench_eval_compiled", "bench_runner_quick"]
 
 
 @pytest.mark.libero
 def test_gpu_check_dry_run(tmp_path):
     out = tmp_path / "gpu_check"
     result = subprocess.run(
-        ["bash", str(REPO_ROOT / "scripts/gpu_check.sh"), "--dry-run", str(out)],
+        ["bash", str(REPO_ROOT / "scripts/gpu_check.sh"), "--dry-run", "--sections", ",".join(SECTIONS), str(out)],
         cwd=REPO_ROOT, env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
         capture_output=True, text=True, timeout=900,
     )
@@ -41,15 +41,27 @@ def test_gpu_check_dry_run(tmp_path):
     assert bench["settings"]["activation_checkpointing"] == "all"
 
     evaluation = json.loads((out / "bench_eval.json").read_text())
-    assert [r["setting"] for r in evaluation["results"]] == ["all-off", "defaults"]
+    assert [r["setting"] for r in evaluation["results"]] == ["all-off", "task-major", "defaults"]
     for row in evaluation["results"]:  # one 6-step episode each, counted by the real runner
         assert row["episodes"] == 1 and row["env_steps"] == 6 and row["inference_calls"] >= 1, row
         assert row["env_steps_per_second"] == pytest.approx(6 / row["wall_seconds"], rel=1e-6)
         # Start-up (a worker process, an ~8 s env build) apart, the rate over the 5 later steps is higher.
         assert 0 < row["seconds_to_first_step"] < row["wall_seconds"]
         assert row["env_steps_per_second_after_first_step"] > row["env_steps_per_second"]
+        assert row["task_loads"] == 1  # one worker, one task
+    compiled = json.loads((out / "bench_eval_compiled.json").read_text())
+    assert [r["setting"] for r in compiled["results"]] == ["defaults"] and compiled["results"][0]["env_steps"] == 6
+    quick = json.loads((out / "bench_runner_quick.json").read_text())
+    assert quick["sim"]["1"]["render_every_1"]["steps"] > 0 and quick["pickle"]["bytes"] > 0
     assert json.loads((out / "bench_model.json").read_text())["results"]
     assert json.loads((out / "bench_compile.json").read_text())["results"]
+
+
+def test_gpu_check_names_an_unknown_section(tmp_path):
+    result = subprocess.run(["bash", str(REPO_ROOT / "scripts/gpu_check.sh"), "--sections", "machine,bench_evals", str(tmp_path)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "unknown section 'bench_evals'" in result.stderr
+    assert not (tmp_path / "gpu_check.json").exists()
 
 
 def test_analytic_memory_adds_up():

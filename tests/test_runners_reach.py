@@ -356,3 +356,32 @@ def test_a_stale_wake_up_never_blocks_the_loop_on_a_running_call():
             running.set_result(None)  # frees a blocked loop, if the check above failed
         runner._wake_r.close()
         runner._wake_w.close()
+
+
+def test_spread_tasks_builds_each_task_once_per_worker_and_changes_no_episode(no_orphans):
+    """Requests come task by task. Taking them in order puts both workers on task 0, then both rebuild for task 1
+    (4 task loads); spreading puts one worker on each task (2 loads), and a second call with the tasks in the other
+    order keeps each worker on the task its simulation holds (no new load). The episodes are the same either way."""
+    requests = _requests(n_tasks=2, inits=4)
+    # Steps of 20 ms and workers started before the run: both workers free up at about the same times, so neither
+    # runs out of its own task's episodes a whole episode ahead of the other (it would then rightly take the other's).
+    paced = ("task.num_parallel_envs=2", "task.emulated_step_ms=20")
+
+    def started(runner):
+        for worker in runner.start_workers():
+            worker.wait_started(60)
+        return runner
+
+    with started(PI0LiberoRunner(POLICY, config=reach_config(*paced))) as spread:
+        spread_episodes = list(spread.run_episodes(requests))
+        assert {e.steps for e in spread_episodes} == {25}  # equal lengths: which worker frees first is not a race
+        assert spread.stats.task_loads == 2
+        list(spread.run_episodes(list(reversed(requests))))
+        assert spread.stats.task_loads == 2
+    with started(PI0LiberoRunner(POLICY, config=reach_config(*paced, "runner.spread_tasks=false"))) as in_order:
+        in_order_episodes = list(in_order.run_episodes(requests))
+        assert in_order.stats.task_loads == 4
+    with LIBEROEnvRunner(POLICY, config=reach_config()) as serial:
+        list(serial.run_episodes(requests))
+        assert serial.stats.task_loads == 2
+    assert _signature(spread_episodes) == _signature(in_order_episodes)

@@ -11,7 +11,10 @@ ratios to the first setting.
 
 Settings (`--settings`, in this order; the first is the baseline of the ratios):
   all-off   render every step, hard reset, lock-step inference: how openpi, LeRobot, RIPT-VLA and RLinf step
-  defaults  the defaults: render on demand, fast reset, overlapped inference in the runner's group schedule
+  defaults  the defaults: render on demand, fast reset, overlapped inference in the runner's group schedule, tasks
+            spread over the workers
+  task-major  the defaults, but each free worker takes the next request in order (runner.spread_tasks=false), so
+            all workers start on the first task and rebuild together when it runs out
   serial    openpi's loop: one env, one call per replan (slow: give it few episodes)
 
     pi0-ript bench eval --size full --device cuda --dtype bfloat16 --compile cuda-graph --workers 14 \\
@@ -30,6 +33,7 @@ from pathlib import Path
 SETTINGS = {
     "all-off": ["task.render_on_demand=false", "task.fast_reset=false", "runner.overlap_inference=false"],
     "defaults": [],
+    "task-major": ["runner.spread_tasks=false"],
     "serial": ["features.use_ript_vla_runner=false", "task.num_parallel_envs=1"],
 }
 
@@ -56,6 +60,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = [s for s in a.settings if s not in SETTINGS]
     if unknown:
         p.error(f"--settings: unknown {', '.join(unknown)}; use {', '.join(SETTINGS)}")
+    if len(set(a.settings)) < len(a.settings):
+        # Each setting writes to its own output directory; a second run of one would resume the first's episodes.
+        p.error(f"--settings {','.join(a.settings)}: name each setting once")
     if min(a.workers, a.episodes_per_task, a.episode_length) < 1:
         p.error("--workers, --episodes-per-task and --episode-length must be >= 1")
     return a
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds_to_first_step": stats["seconds_to_first_step"],
                 "env_steps_per_second_after_first_step": stats["env_steps_per_second_after_first_step"],
                 "episodes_per_hour": 3600 * stats["episodes"] / wall if wall > 0 else 0.0,
-                "inference_calls": stats["inference_calls"], "mean_batch_size": stats["mean_batch_size"],
+                "inference_calls": stats["inference_calls"], "task_loads": stats["task_loads"], "mean_batch_size": stats["mean_batch_size"],
                 "model_busy_seconds": stats["seconds"]["inference"], "env_seconds": stats["env_seconds"],
                 "seconds_model_idle_with_waiters": stats["seconds_model_idle_with_waiters"], "schedule": stats["schedule"],
                 "success_rate": results["success_rate"],
@@ -134,20 +141,20 @@ def format_row(row: dict, base: dict) -> str:
     return (f"{row['setting']}: {row['env_steps_per_second']:.1f} env-steps/s "
             f"({row['env_steps_per_second'] / max(base['env_steps_per_second'], 1e-9):.2f}x {base['setting']}; "
             f"{row['env_steps_per_second_after_first_step']:.1f} after the first step at {row['seconds_to_first_step'] or 0:.1f} s), "
-            f"{row['episodes_per_hour']:.0f} episodes/h, {row['inference_calls']} calls, mean batch {row['mean_batch_size']:.1f}, "
+            f"{row['episodes_per_hour']:.0f} episodes/h, {row['task_loads']} task loads, {row['inference_calls']} calls, mean batch {row['mean_batch_size']:.1f}, "
             f"model busy {row['model_busy_seconds']:.1f} of {row['wall_seconds']:.1f} s, env waits {row['env_seconds']}")
 
 
 def format_table(rows: list[dict]) -> str:
     base = rows[0]
-    lines = [f"{'setting':>9} {'env-steps/s':>12} {'x ' + base['setting']:>10} {'after start':>12} {'x':>6} {'start s':>8} "
-             f"{'episodes/h':>11} {'calls':>6} {'batch':>6} {'model busy s':>13} {'wall s':>7} {'k':>3}"]
+    lines = [f"{'setting':>10} {'env-steps/s':>12} {'x ' + base['setting']:>10} {'after start':>12} {'x':>6} {'start s':>8} "
+             f"{'episodes/h':>11} {'loads':>6} {'calls':>6} {'batch':>6} {'model busy s':>13} {'wall s':>7} {'k':>3}"]
     steady = lambda r: r["env_steps_per_second_after_first_step"]  # noqa: E731
     for r in rows:
         lines.append(
-            f"{r['setting']:>9} {r['env_steps_per_second']:>12.1f} {r['env_steps_per_second'] / max(base['env_steps_per_second'], 1e-9):>10.2f} "
+            f"{r['setting']:>10} {r['env_steps_per_second']:>12.1f} {r['env_steps_per_second'] / max(base['env_steps_per_second'], 1e-9):>10.2f} "
             f"{steady(r):>12.1f} {steady(r) / max(steady(base), 1e-9):>6.2f} {r['seconds_to_first_step'] or 0:>8.1f} "
-            f"{r['episodes_per_hour']:>11.0f} {r['inference_calls']:>6} {r['mean_batch_size']:>6.1f} "
+            f"{r['episodes_per_hour']:>11.0f} {r['task_loads']:>6} {r['inference_calls']:>6} {r['mean_batch_size']:>6.1f} "
             f"{r['model_busy_seconds']:>13.1f} {r['wall_seconds']:>7.1f} {str(r['schedule'].get('groups', '-')):>3}"
         )
     return "\n".join(lines)

@@ -22,7 +22,7 @@ import logging
 import math
 import multiprocessing as mp
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import wait
 from typing import Iterable, Iterator
@@ -63,6 +63,7 @@ class PI0LiberoRunner(RunnerBase):
         self.worker_timeout_s = float(self.cfg.runner.worker_timeout_s)
         self.max_worker_restarts = int(self.cfg.runner.max_worker_restarts)
         self.overlap_inference = bool(self.cfg.runner.overlap_inference)
+        self.spread_tasks = bool(self.cfg.runner.spread_tasks)
         self._slots: list[_Slot] = []
         # Overlapped inference: one background thread runs the policy (one model, one call at a time). Why a thread:
         # a synchronous call blocks this loop, so a worker finishing a step during the call could not get its next
@@ -130,7 +131,10 @@ class PI0LiberoRunner(RunnerBase):
         self.start_workers()
         finished_cleanly = False
         try:
-            for slot in self._slots:
+            # Workers whose simulation holds a pending task choose first, so none of them loses it to a worker that
+            # would have to build it anyway.
+            pending_tasks = {r.task_id for r in pending}
+            for slot in sorted(self._slots, key=lambda s: s.loaded_task not in pending_tasks):
                 self._assign(slot, pending)
             while pending or any(slot.request is not None for slot in self._slots):
                 for episode in self._collect_replies(pending, want_frames):
@@ -179,14 +183,36 @@ class PI0LiberoRunner(RunnerBase):
         self._group.pop(slot, None)  # a new episode joins whichever call comes after its reset
         if not pending:
             return
-        match = next((r for r in pending if r.task_id == slot.loaded_task), pending[0])
+        match = self._next_request(slot, pending)
         pending.remove(match)
         slot.request, slot.failures = match, 0
         self._send_reset(slot)
 
+    def _next_request(self, slot: _Slot, pending: deque) -> EpisodeRequest:
+        """An episode of the task the worker's simulation holds if one is pending (a reset, not a rebuild). Else,
+        with runner.spread_tasks, the first pending episode of the task with the most pending episodes per worker
+        already on it (ties: the earliest in request order); without it, the next request in order.
+
+        Why: a task switch rebuilds the LIBERO env (~8 s on a CPU core, as long as several chunks of every env).
+        Requests come task by task (eval, training's contexts), so taking the next in order puts every worker on
+        the first task and, once it runs out, has all of them rebuild for the next at the same moment; spreading
+        builds each task on few workers, each worker ideally once (2 tasks x 14 episodes on 14 workers: 14 builds
+        instead of 28)."""
+        same = next((r for r in pending if r.task_id == slot.loaded_task), None)
+        if same is not None:
+            return same
+        if not self.spread_tasks:
+            return pending[0]
+        serving = Counter(s.request.task_id for s in self._slots if s is not slot and s.request is not None)
+        left = Counter(r.task_id for r in pending)  # insertion order = request order, which breaks ties below
+        task = max(left, key=lambda t: left[t] / (serving[t] + 1))
+        return next(r for r in pending if r.task_id == task)
+
     def _send_reset(self, slot: _Slot) -> None:
         if slot.worker.pending == START:
             return  # the reset goes out when the worker reports it has started (see _on_reply)
+        if slot.request.task_id != slot.loaded_task:
+            self.stats.task_loads += 1
         self._send(slot, RESET, {"task_id": slot.request.task_id, "init_state": slot.request.init_state})
 
     def _send(self, slot: _Slot, command: str, data) -> None:

@@ -33,6 +33,7 @@ class RunnerStats:
         self.inference_calls = 0
         self.inference_samples = 0
         self.worker_restarts = 0
+        self.task_loads = 0  # resets that load a task the env's simulation did not hold (a LIBERO env build)
         # stepping_envs: the parallel runner's main thread waiting for worker replies; the serial runner stepping its
         # env in-process.
         self.seconds = {"inference": 0.0, "stepping_envs": 0.0}
@@ -58,6 +59,7 @@ class RunnerStats:
             "inference_calls": self.inference_calls,
             "mean_batch_size": self.inference_samples / max(self.inference_calls, 1),
             "worker_restarts": self.worker_restarts,
+            "task_loads": self.task_loads,
             "wall_seconds": wall,
             "env_steps_per_second": self.env_steps / wall if wall > 0 else 0.0,
             # Start-up (worker processes, env builds, first resets) apart: the rate a longer run tends to.

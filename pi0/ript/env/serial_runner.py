@@ -15,11 +15,14 @@ class LIBEROEnvRunner(RunnerBase):
                  rank=0, world_size=1, env_spec=None):
         super().__init__(policy, benchmark_name, rollouts_per_env, num_parallel_envs, config, rank, world_size, env_spec)
         self._env = None  # built on first use, kept between calls so its simulation can be reused
+        self._loaded_task: int | None = None
 
     def run_episodes(self, requests: Iterable[EpisodeRequest], want_frames: bool = False) -> Iterator[Episode]:
         if self._env is None:
             self._env = self.env_spec.make()
         for request in self._numbered(requests):
+            self.stats.task_loads += request.task_id != self._loaded_task
+            self._loaded_task = request.task_id
             reset = self._env.reset(task_id=request.task_id, init_state=request.init_state)
             episode = self._new_episode(request, reset, want_frames, restarts=0, label="serial env")
             while not episode.done:
@@ -39,3 +42,4 @@ class LIBEROEnvRunner(RunnerBase):
         if self._env is not None:
             self._env.close()
             self._env = None
+            self._loaded_task = None
