@@ -18,8 +18,8 @@
 #                  time per phase, peak memory, analytic memory
 #   bench_compile  torch.compile (reduce-overhead) of the full model at batch 1 against eager: a cold compilation
 #                  takes over a minute (the dry run times eager only)
-#   bench_eval_compiled  bench_eval's run with reduce-overhead sampling, the defaults only (five buckets to compile,
-#                  ~70 s each cold on an H200: about 8 minutes in all)
+#   bench_eval_compiled  bench_eval's run with reduce-overhead sampling and a symbolic batch size, the defaults only
+#                  (two compilations, for bucket 1 and for buckets 2-16, instead of five of ~70 s each on an H200)
 #   bench_runner_quick   `pi0-ript bench runner --quick` on the box's cores (issue 17: minutes on 16 cores); the dry
 #                  run does its smoke run of two sections
 set -uo pipefail
@@ -46,12 +46,12 @@ echo '{}' > "$summary"
 if (( dry_run )); then
   size=tiny device=cpu dtype=float32 precision=fp32 batches="1 2" graphs="none" compiled="none"
   eval_args="--workers 1 --task-ids 0 --episodes-per-task 1 --episode-length 6 --image-size 64"
-  runner_args="--smoke --sections sim,pickle"
+  runner_args="--smoke --sections sim,pickle" dynamic=""
   train_extra="--workers 2 --contexts 2 --rollouts 2 --episode-length 10 --minibatches 2"
 else
   size=full device=cuda dtype=bfloat16 precision=bf16 batches="1 4 16 64" graphs="none cuda-graph" compiled="none reduce-overhead"
   eval_args="--workers 14 --task-ids 0 1 --episodes-per-task 14 --episode-length 220 --image-size 256"
-  runner_args="--quick"
+  runner_args="--quick" dynamic="--dynamic-batch"
   train_extra=""
 fi
 
@@ -101,8 +101,8 @@ section bench_compile 95 "$python" -m pi0.ript.cli bench model --size "$size" --
   --batch-sizes 1 --compile $compiled --out "$out/bench_compile.json"
 
 # shellcheck disable=SC2086
-section bench_eval_compiled 540 "$python" -m pi0.ript.cli bench eval --size "$size" --device "$device" --dtype "$dtype" \
-  --compile "${compiled##* }" --settings defaults $eval_args --out "$out/bench_eval_compiled.json"
+section bench_eval_compiled 480 "$python" -m pi0.ript.cli bench eval --size "$size" --device "$device" --dtype "$dtype" \
+  --compile "${compiled##* }" $dynamic --settings defaults $eval_args --out "$out/bench_eval_compiled.json"
 
 # shellcheck disable=SC2086
 section bench_runner_quick 300 "$python" -m pi0.ript.cli bench runner $runner_args --out "$out/bench_runner_quick.json"

@@ -48,6 +48,7 @@ CASES = [
     (["task.replan_steps=0"], "task.replan_steps=0 must be >= 1"),
     (["task.num_wait_steps=-1"], "task.num_wait_steps=-1 must be >= 0"),
     (["policy.dtype=float16"], "policy.dtype='float16': use float32 or bfloat16"),
+    (["policy.compile_dynamic_batch=true"], "policy.compile_dynamic_batch=true applies to policy.compile=default or reduce-overhead, not 'auto'"),
     (["policy.kind=pi0", "policy.checkpoint_path=/nonexistent/ckpt"], "policy.checkpoint_path='/nonexistent/ckpt' is not a directory"),
     (["algo.loss=sgd"], "algo.loss='sgd': use one of ppo, cfg"),
     (["algo.optimizer=sgd"], "algo.optimizer='sgd': use one of ppo, cfg"),

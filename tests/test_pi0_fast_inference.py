@@ -139,6 +139,30 @@ def test_compiled_sampling_matches_eager_and_reuses_its_bucket():
     torch.testing.assert_close(got4[:3], got, rtol=0, atol=1e-5)
 
 
+def test_a_symbolic_batch_compiles_once_for_every_bucket_from_two_up():
+    """`dynamic_batch`: buckets 2, 4 and 8 share one compilation (batch dimension marked dynamic) and give the eager
+    chunks; without it each bucket is a compilation of its own (the test above). About a minute on 2 cores."""
+    from torch._dynamo.utils import counters
+
+    eager = make_tiny_policy(INSTRUCTIONS, seed=0, image_size=56, num_inference_steps=3)
+    sampler = FastSampler(eager.model, "default", dynamic_batch=True)
+    inputs, noise = _inputs(eager, 5)
+    graphs = None
+    for batch in (2, 3, 5):  # buckets 2, 4, 8
+        rows = torch.arange(batch)
+        part = inputs.index_select(rows)
+        with torch.inference_mode():
+            want = eager.model.sample_actions(*part.model_args(), noise=noise[:batch], num_steps=3)
+            got = sampler.sample(*part.model_args(), noise[:batch], 3)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+        if graphs is None:
+            graphs = counters["stats"]["unique_graphs"]  # after the one compilation
+        assert counters["stats"]["unique_graphs"] == graphs, f"batch {batch} compiled again"
+    assert sorted(key[0] for key in sampler.compile_seconds) == [2, 4, 8]
+    with pytest.raises(ValueError, match="dynamic_batch applies to the torch.compile modes"):
+        FastSampler(eager.model, "none", dynamic_batch=True)
+
+
 class RerunRecorder:
     """A CPU stand-in for CudaGraphRecorder with a CUDA graph's memory semantics: the capture's outputs are fixed
     buffers, and a replay recomputes from the static inputs and overwrites those buffers in place."""
@@ -246,7 +270,9 @@ def test_eval_loads_a_checkpoint_with_the_configured_compile_mode(tmp_path):
     policy, _ = load_policy(load_config(None, base))
     assert policy.compile == "none" and policy.fast_sampler is None
     policy, _ = load_policy(load_config(None, [*base, "policy.compile=default"]))
-    assert policy.fast_sampler.mode == "default"
+    assert policy.fast_sampler.mode == "default" and not policy.fast_sampler.dynamic_batch
+    policy, _ = load_policy(load_config(None, [*base, "policy.compile=reduce-overhead", "policy.compile_dynamic_batch=true"]))
+    assert policy.fast_sampler.dynamic_batch and policy.compile_label == "reduce-overhead+dynamic"
     with pytest.raises(ConfigError, match="policy.compile=cuda-graph needs a CUDA device"):
         load_policy(load_config(None, [*base, "policy.compile=cuda-graph"]))
 

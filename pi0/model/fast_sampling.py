@@ -11,6 +11,11 @@ kernels), not by arithmetic. Modes:
 All need fixed shapes, and the runner's batch changes from call to call, so a batch is padded up to the next bucket
 (1, 2, 4, 8, 16, 32, 64, then multiples of 64) and the result sliced back: at most one compilation or capture per
 bucket, never one per batch size.
+With `dynamic_batch` (the torch.compile modes), buckets from 2 up share one compilation whose batch dimension is
+symbolic (bucket 1 keeps its own, static one): two compilations instead of one per bucket, which is what makes
+`reduce-overhead` affordable for a runner meeting five buckets (~70 s each on an H200). CUDA-graph trees still
+record one graph per bucket (cheap). Only the batch dimension is marked (image and sequence sizes stay static). On a
+CPU the symbolic kernels are no slower per call (docs/PERFORMANCE.md); on a GPU that is not measured yet.
 
 Padding repeats the last real row. Rows never mix (attention is per sample), so a padded row changes no real row's
 result; repeating a real row (rather than zeros) also keeps which image slots are present unchanged, and that decides
@@ -81,6 +86,13 @@ def _allow_recompiles(needed: int) -> None:
         setattr(cfg, name, needed)
 
 
+def _mark_batch_dynamic(*tensors: torch.Tensor | None) -> None:
+    """Dimension 0 (the batch) of each tensor is symbolic in the compiled graph: one compilation serves every bucket."""
+    for t in tensors:
+        if t is not None:
+            torch._dynamo.mark_dynamic(t, 0)
+
+
 class CudaGraphRecorder:
     """Records `fn()` as one CUDA graph (torch.cuda.graph) and replays it. The warm-up run on a side stream is what
     torch's documentation asks before a capture (lazy initialisation, cuBLAS workspaces, kernel selection)."""
@@ -148,9 +160,13 @@ class FastSampler:
         mode: str = "default",
         buckets: Sequence[int] = BATCH_BUCKETS,
         graph_recorder: Callable[[], Any] | None = None,
+        dynamic_batch: bool = False,
     ):
         self.model = model
         self.mode = check_compile_mode(mode)
+        if dynamic_batch and self.mode not in ("default", "reduce-overhead"):
+            raise ValueError(f"dynamic_batch applies to the torch.compile modes (default, reduce-overhead), not {self.mode!r}")
+        self.dynamic_batch = dynamic_batch
         self.buckets = tuple(sorted(buckets))
         self.compile_seconds: dict[tuple[int, int, bool], float] = {}
         self.capture_errors: dict[tuple[int, int, bool], str] = {}
@@ -170,8 +186,10 @@ class FastSampler:
             self._graph_recorder = graph_recorder
         elif mode != "none":
             _allow_recompiles(4 * len(self.buckets) + 8)
-            self._prefix = torch.compile(self._prefix_eager, mode=mode, dynamic=False)
-            self._velocity = torch.compile(self._velocity_eager, mode=mode, dynamic=False)
+            # dynamic=None: shapes stay static unless marked (below); False would ignore the marks.
+            dynamic = None if dynamic_batch else False
+            self._prefix = torch.compile(self._prefix_eager, mode=mode, dynamic=dynamic)
+            self._velocity = torch.compile(self._velocity_eager, mode=mode, dynamic=dynamic)
 
     def _prefix_eager(self, images, image_masks, tokens, token_masks, slots_present: tuple[bool, ...]):
         cache = self.model.compute_prefix_cache(images, image_masks, tokens, token_masks, slots_present)
@@ -182,11 +200,18 @@ class FastSampler:
         return self.model.velocity(PrefixCache(list(keys), list(values), pad_mask), state, x, t)
 
     def _run_eager(self, images, image_masks, tokens, token_masks, slots_present, state, noise, num_steps: int, return_trajectory: bool):
+        symbolic = self.dynamic_batch and state.shape[0] > 1  # (a dimension of size 1 cannot be marked dynamic)
+        batch_dim = _mark_batch_dynamic if symbolic else lambda *tensors: None
+        batch_dim(*images, *image_masks, tokens, token_masks)
         keys, values, pad_mask = self._prefix(images, image_masks, tokens, token_masks, slots_present)
         cache = PrefixCache(list(keys), list(values), pad_mask)
-        step = None
-        if self._velocity is not None:
-            step = lambda _cache, state, x, t, _bias: self._velocity(keys, values, pad_mask, state, x, t)  # noqa: E731
+        if self._velocity is None:
+            return self.model.integrate(cache, state, noise, num_steps, return_trajectory)
+        batch_dim(*keys, *values, pad_mask, state)
+
+        def step(_cache, state, x, t, _bias):
+            batch_dim(x, t)  # fresh tensors every Euler step
+            return self._velocity(keys, values, pad_mask, state, x, t)
         return self.model.integrate(cache, state, noise, num_steps, return_trajectory, velocity=step)
 
     def _run(self, args: tuple, key: tuple) -> Any:

@@ -47,6 +47,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--compile", choices=COMPILE_MODES, default="none", help="policy.compile for every setting")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="with --compile default or reduce-overhead: one compilation for every batch bucket from 2 up")
     p.add_argument("--suite", default="libero_spatial")
     p.add_argument("--task-ids", type=int, nargs="+", default=[0, 1])
     p.add_argument("--workers", type=int, default=2, help="task.num_parallel_envs (the serial setting uses 1)")
@@ -63,6 +65,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if len(set(a.settings)) < len(a.settings):
         # Each setting writes to its own output directory; a second run of one would resume the first's episodes.
         p.error(f"--settings {','.join(a.settings)}: name each setting once")
+    if a.dynamic_batch and a.compile not in ("default", "reduce-overhead"):
+        p.error(f"--dynamic-batch applies to --compile default or reduce-overhead, not {a.compile}")
     if min(a.workers, a.episodes_per_task, a.episode_length) < 1:
         p.error("--workers, --episodes-per-task and --episode-length must be >= 1")
     return a
@@ -89,14 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     model = build_model(a.size, device, dtype, 224, 10, tokenizer.vocab_size, a.variant)
     build_s = time.perf_counter() - start
-    policy = PI0Policy(model, tokenizer, identity_stats(), device=device, dtype=dtype, seed=0, compile=a.compile)
+    policy = PI0Policy(model, tokenizer, identity_stats(), device=device, dtype=dtype, seed=0, compile=a.compile,
+                       dynamic_batch=a.dynamic_batch)
     start = time.perf_counter()
     compile_seconds = policy.warmup(range(1, a.workers + 1))
     warmup_s = time.perf_counter() - start
     machine = machine_info(device)
     where = machine["gpu"] or f"CPU ({machine['cpu_cores_usable']} cores)"
     print(
-        f"{a.variant} {a.size} (random weights, built in {build_s:.1f} s) on {where}, {a.dtype}, compile={a.compile} "
+        f"{a.variant} {a.size} (random weights, built in {build_s:.1f} s) on {where}, {a.dtype}, compile={policy.compile_label} "
         f"(warm-up of batches 1..{a.workers}: {warmup_s:.1f} s); {a.suite} tasks {a.task_ids}, "
         f"{a.episodes_per_task} episodes each, {a.episode_length} steps, {a.image_size} px cameras, {a.workers} workers; "
         f"{machine['cpu_cores']} cores, torch {machine['torch']}"

@@ -132,7 +132,7 @@ def bench_batch(policies: Sequence[PI0Policy], observations: list[dict], batch: 
         call, prep = statistics.median(calls[i]), statistics.median(preps[i])
         rows.append(
             {
-                "compile": policy.compile,
+                "compile": policy.compile_label,
                 "preprocess": policy.preprocess,
                 "batch": batch,
                 "ms_per_call": call,
@@ -189,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["none"], help="sampling modes to compare")
     p.add_argument("--preprocess", nargs="+", choices=PREPROCESS_MODES, default=["batched"], help="preprocessing paths to compare")
+    p.add_argument("--dynamic-batch", action="store_true",
+                   help="also time each torch.compile mode given with a symbolic batch size (one compilation for buckets >= 2)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16])
     p.add_argument("--repeats", type=int, default=5, help="timed calls per batch size (median reported)")
     p.add_argument("--num-steps", type=int, default=10, help="Euler (denoising) steps per chunk")
@@ -207,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"--device {a.device}: no CUDA device is visible; use --device cpu or auto")
         if device.type not in ("cpu", "cuda") and not (device.type == "meta" and a.preprocess_only):
             p.error(f"--device {a.device}: use cpu, cuda, cuda:N or auto (meta only with --preprocess-only)")
+    if a.dynamic_batch and not set(a.compile) & {"default", "reduce-overhead"}:
+        p.error("--dynamic-batch applies to the torch.compile modes: add --compile default or reduce-overhead")
     if a.preprocess_only and a.compile != ["none"]:
         p.error("--preprocess-only times prepare_batch, which does not depend on --compile: leave --compile out")
     if min(a.batch_sizes) < 1 or a.repeats < 1 or a.num_steps < 1:
@@ -231,9 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{a.num_steps} Euler steps, median of {a.repeats}"
     )
     peak_label = "peak alloc MiB" if device.type == "cuda" else "peak RSS MiB"
+    variants = [(mode, False) for mode in a.compile]
+    if a.dynamic_batch:
+        variants += [(mode, True) for mode in a.compile if mode in ("default", "reduce-overhead")]
     policies = [
-        PI0Policy(model, tokenizer, identity_stats(), device=device, dtype=dtype, seed=0, compile=mode, preprocess=prep)
-        for mode in a.compile
+        PI0Policy(model, tokenizer, identity_stats(), device=device, dtype=dtype, seed=0, compile=mode, preprocess=prep,
+                  dynamic_batch=dynamic)
+        for mode, dynamic in variants
         for prep in a.preprocess
     ]
     rng = np.random.default_rng(0)
@@ -253,13 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for b in a.batch_sizes:
         for policy in policies:
             for (bucket, _, _), seconds in policy.warmup([b]).items():
-                name = f"{policy.compile}/{policy.preprocess}"
+                name = f"{policy.compile_label}/{policy.preprocess}"
                 if bucket not in compile_times.setdefault(name, {}):
                     compile_times[name][bucket] = seconds
-                    print(f"compile={policy.compile} preprocess={policy.preprocess}: bucket {bucket} first call "
+                    print(f"compile={policy.compile_label} preprocess={policy.preprocess}: bucket {bucket} first call "
                           f"(compilation or capture + one run) {seconds:.1f} s")
             for (bucket, _, _), reason in (policy.fast_sampler.capture_errors if policy.fast_sampler else {}).items():
-                capture_errors.setdefault(f"{policy.compile}/{policy.preprocess}", {})[bucket] = reason
+                capture_errors.setdefault(f"{policy.compile_label}/{policy.preprocess}", {})[bucket] = reason
                 print(f"compile={policy.compile}: capture failed for bucket {bucket}, timed eagerly: {reason}")
         rows = bench_batch(policies, observations, b, a.repeats)
         results.extend(rows)
@@ -272,15 +280,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "capture_errors": capture_errors}
             a.out.write_text(json.dumps(report, indent=2) + "\n")
     for policy in policies:
-        print(f"\ncompile={policy.compile} preprocess={policy.preprocess}")
-        print_rows([r for r in results if (r["compile"], r["preprocess"]) == (policy.compile, policy.preprocess)], peak_label)
+        print(f"\ncompile={policy.compile_label} preprocess={policy.preprocess}")
+        print_rows([r for r in results if (r["compile"], r["preprocess"]) == (policy.compile_label, policy.preprocess)], peak_label)
     if len(policies) > 1:
-        base = (policies[0].compile, policies[0].preprocess)
+        base = (policies[0].compile_label, policies[0].preprocess)
         ref = {r["batch"]: r["ms_per_call"] for r in results if (r["compile"], r["preprocess"]) == base}
         print(f"\nms/call relative to compile={base[0]} preprocess={base[1]} (same run, calls interleaved):")
         for policy in policies[1:]:
-            mine = [r for r in results if (r["compile"], r["preprocess"]) == (policy.compile, policy.preprocess)]
-            print(f"  compile={policy.compile} preprocess={policy.preprocess}: "
+            mine = [r for r in results if (r["compile"], r["preprocess"]) == (policy.compile_label, policy.preprocess)]
+            print(f"  compile={policy.compile_label} preprocess={policy.preprocess}: "
                   + ", ".join(f"B={r['batch']}: {r['ms_per_call'] / ref[r['batch']]:.2f}" for r in mine))
     print(f"\nload average (1 min) at the start / end: {settings['load_average_start'][0]:.2f} / {os.getloadavg()[0]:.2f}")
     if device.type == "cpu":

@@ -118,6 +118,10 @@ class PolicyConfig:
     # pi0 sampling in eval/bench: auto (cuda-graph on CUDA, none on a CPU) | none (eager) | cuda-graph (one CUDA graph
     # per batch bucket; CUDA only) | default (torch.compile) | reduce-overhead (torch.compile + CUDA graphs on a GPU)
     compile: str = "auto"
+    # With compile default | reduce-overhead: the batch size symbolic in the compiled graphs, so buckets 2, 4, 8, 16
+    # share one compilation (bucket 1 keeps its own): two compilations instead of one per bucket. Off until measured
+    # on a GPU; on a CPU it costs no speed per call (docs/PERFORMANCE.md).
+    compile_dynamic_batch: bool = False
 
 
 @dataclass
@@ -267,6 +271,10 @@ def validate(cfg: DictConfig) -> None:
     _require(
         cfg.policy.compile in ("auto", "none", "cuda-graph", "default", "reduce-overhead"),
         f"policy.compile={cfg.policy.compile!r}: use auto, none, cuda-graph (CUDA only), default or reduce-overhead",
+    )
+    _require(
+        not cfg.policy.compile_dynamic_batch or cfg.policy.compile in ("default", "reduce-overhead"),
+        f"policy.compile_dynamic_batch=true applies to policy.compile=default or reduce-overhead, not {cfg.policy.compile!r}",
     )
     _require(cfg.policy.device == "auto" or cfg.policy.device.split(":")[0] in ("cpu", "cuda"), f"policy.device={cfg.policy.device!r}: use auto, cpu, cuda or cuda:N")
     _require(cfg.eval.episodes_per_task >= 1, f"eval.episodes_per_task={cfg.eval.episodes_per_task} must be >= 1")

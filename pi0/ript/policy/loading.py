@@ -48,7 +48,8 @@ def load_policy(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.policy.dtype]
     try:
         policy = PI0Policy.from_pretrained(
-            path, device=device, dtype=dtype, compile=cfg.policy.compile, tokenizer_path=cfg.policy.tokenizer_path or None
+            path, device=device, dtype=dtype, compile=cfg.policy.compile, tokenizer_path=cfg.policy.tokenizer_path or None,
+            dynamic_batch=cfg.policy.compile_dynamic_batch,
         )
     except (FileNotFoundError, KeyError, ValueError) as exc:
         # A checkpoint the user supplied is incomplete or malformed: one line naming the file and the fix.

@@ -113,6 +113,7 @@ class PI0Policy:
         compile: str = "none",
         preprocess: str = "batched",
         prompt_format: str | None = None,
+        dynamic_batch: bool = False,
     ):
         self.config: PI0Config = model.config
         # How the task becomes the prompt (tokenizer.PROMPT_FORMATS): given, else what the checkpoint's config says.
@@ -154,7 +155,9 @@ class PI0Policy:
             raise ValueError(f"preprocess={preprocess!r}: use one of {', '.join(PREPROCESS_MODES)}")
         self.preprocess = preprocess
         self.compile = check_compile_mode(compile, self.device)
-        self.fast_sampler = FastSampler(self.model, self.compile) if self.compile != "none" else None
+        # dynamic_batch (torch.compile modes only): one compilation for every bucket from 2 up (fast_sampling).
+        self.fast_sampler = FastSampler(self.model, self.compile, dynamic_batch=dynamic_batch) if self.compile != "none" else None
+        self.compile_label = self.compile + ("+dynamic" if dynamic_batch else "")
 
     # ---- protocol ----
     @property
