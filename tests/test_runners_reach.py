@@ -385,3 +385,37 @@ def test_spread_tasks_builds_each_task_once_per_worker_and_changes_no_episode(no
         list(serial.run_episodes(requests))
         assert serial.stats.task_loads == 2
     assert _signature(spread_episodes) == _signature(in_order_episodes)
+
+
+class _WarmingPolicy(SmallPolicy):
+    """A policy with a warm-up (as pi0 compiles or captures its batch buckets): it takes 0.5 s and is logged."""
+
+    def __init__(self):
+        super().__init__(chunk_size=8, seed=3)
+        self.events: list[tuple] = []
+
+    def warmup(self, batch_sizes):
+        self.events.append(("warmup", list(batch_sizes), threading.current_thread().name))
+        time.sleep(0.5)
+        self.events.append(("warm",))
+
+    def predict_chunks(self, observations, instructions):
+        self.events.append(("call", len(observations)))
+        return super().predict_chunks(observations, instructions)
+
+
+@pytest.mark.parametrize("overlap", ["true", "false"])
+def test_the_policy_warms_up_once_in_its_thread_before_any_call(overlap, no_orphans):
+    """The runner has the policy warm up for batch sizes 1..N in the policy thread while the workers start, once per
+    runner, and no call starts before it ends (either mode); the episodes are those of the same policy unwarmed."""
+    policy = _WarmingPolicy()
+    cfg = reach_config("task.num_parallel_envs=2", f"runner.overlap_inference={overlap}")
+    with PI0LiberoRunner(policy, config=cfg) as runner:
+        first = list(runner.run_episodes(_requests()))
+        second = list(runner.run_episodes(_requests(n_tasks=1, inits=2)))
+        assert runner.stats.seconds["policy_warmup"] >= 0.5
+    assert policy.events[0] == ("warmup", [1, 2], "policy_0") and policy.events[1] == ("warm",)
+    assert [e[0] for e in policy.events[2:]] == ["call"] * (len(policy.events) - 2) and len(policy.events) > 2
+    assert len(first) == 6 and len(second) == 2
+    with PI0LiberoRunner(POLICY, config=cfg) as plain:
+        assert _signature(first) == _signature(plain.run_episodes(_requests()))

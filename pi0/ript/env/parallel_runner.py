@@ -83,6 +83,7 @@ class PI0LiberoRunner(RunnerBase):
         self._groups_k = 0  # the k the groups were formed for
         self._tick: float | None = None  # last loop iteration, for the env-time accounting in stats.env_seconds
         self._held = self._queued = 0
+        self._warmed_up = False  # the policy's warm-up ran (see _warm_up_policy)
 
     # --- workers ----------------------------------------------------------------------------------------------
     def start_workers(self) -> list[EnvWorker]:
@@ -136,6 +137,7 @@ class PI0LiberoRunner(RunnerBase):
             pending_tasks = {r.task_id for r in pending}
             for slot in sorted(self._slots, key=lambda s: s.loaded_task not in pending_tasks):
                 self._assign(slot, pending)
+            self._warm_up_policy()
             while pending or any(slot.request is not None for slot in self._slots):
                 for episode in self._collect_replies(pending, want_frames):
                     yield episode
@@ -154,7 +156,7 @@ class PI0LiberoRunner(RunnerBase):
                         self._start_inference(batch)
                         waiting = [s for s in waiting if s not in batch]
                     self._note_waiting(waiting)
-                elif not any(s.busy for s in self._slots):
+                elif not any(s.busy for s in self._slots) and self._inflight is None:
                     self._infer([s.episode for s in waiting])
                     for slot in waiting:
                         episode = self._advance(slot, pending, want_frames)
@@ -300,11 +302,35 @@ class PI0LiberoRunner(RunnerBase):
         self._tick = now
         self._held = self._queued = 0
 
-    def _start_inference(self, slots: list[_Slot]) -> None:
-        """Run the policy for these envs in the background thread; their slots stay out of `waiting` until done."""
+    def _policy_thread(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
             self._wake_r, self._wake_w = mp.Pipe(duplex=False)
+        return self._executor
+
+    def _warm_up_policy(self) -> None:
+        """Once per runner, a policy with `warmup(batch_sizes)` (pi0: compile or capture each batch bucket) does it in
+        the policy thread while the workers build their envs (seconds each), instead of in the first calls of each
+        bucket with envs waiting on them. It counts as a call in flight, so no call starts before it ends (in either
+        mode); episodes do not change (pi0's warm-up leaves its noise generator alone)."""
+        warmup = getattr(self.policy, "warmup", None)
+        if self._warmed_up or not callable(warmup):
+            return
+        self._warmed_up = True
+        executor, wake_w, batch_sizes = self._policy_thread(), self._wake_w, range(1, len(self._slots) + 1)
+
+        def warm():
+            started = time.perf_counter()
+            warmup(batch_sizes)
+            self.stats.seconds["policy_warmup"] += time.perf_counter() - started
+
+        future = executor.submit(warm)
+        future.add_done_callback(lambda _: wake_w.send_bytes(b"1"))
+        self._inflight = (future, [])
+
+    def _start_inference(self, slots: list[_Slot]) -> None:
+        """Run the policy for these envs in the background thread; their slots stay out of `waiting` until done."""
+        self._policy_thread()
         episodes = [s.episode for s in slots]
         wake_w = self._wake_w
         self.stats.schedule = self.schedule.as_dict()

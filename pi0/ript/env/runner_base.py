@@ -36,7 +36,9 @@ class RunnerStats:
         self.task_loads = 0  # resets that load a task the env's simulation did not hold (a LIBERO env build)
         # stepping_envs: the parallel runner's main thread waiting for worker replies; the serial runner stepping its
         # env in-process.
-        self.seconds = {"inference": 0.0, "stepping_envs": 0.0}
+        # policy_warmup: the parallel runner's warm-up of the policy (compiling or capturing its batch buckets), in the
+        # policy thread while the workers start.
+        self.seconds = {"inference": 0.0, "stepping_envs": 0.0, "policy_warmup": 0.0}
         # Env-seconds (summed over envs) an env spent in a policy call, waiting while the model was free (held for
         # batch-mates), or waiting while it computed for others (queued): where an inference-bound run loses time.
         self.env_seconds = {"in_call": 0.0, "held_for_batch_mates": 0.0, "queued_behind_a_call": 0.0}
