@@ -101,7 +101,7 @@ section bench_compile 95 "$python" -m pi0.ript.cli bench model --size "$size" --
   --batch-sizes 1 --compile $compiled --out "$out/bench_compile.json"
 
 # shellcheck disable=SC2086
-section bench_eval_compiled 480 "$python" -m pi0.ript.cli bench eval --size "$size" --device "$device" --dtype "$dtype" \
+section bench_eval_compiled 360 "$python" -m pi0.ript.cli bench eval --size "$size" --device "$device" --dtype "$dtype" \
   --compile "${compiled##* }" $dynamic --settings defaults $eval_args --out "$out/bench_eval_compiled.json"
 
 # shellcheck disable=SC2086
