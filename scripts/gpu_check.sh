@@ -30,7 +30,9 @@ dry_run=0 sections="machine bench_model bench_eval bench_train"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) dry_run=1; shift ;;
-    --sections) sections=${2//,/ }; shift 2 ;;
+    --sections)
+      [[ $# -ge 2 ]] || { echo "gpu_check.sh: --sections needs a comma list of: $ALL_SECTIONS" >&2; exit 2; }
+      sections=${2//,/ }; shift 2 ;;
     *) break ;;
   esac
 done
@@ -97,7 +99,7 @@ section bench_train 230 "$python" -m pi0.ript.cli bench train --size "$size" --d
   --activation-checkpointing all --variants ppo-full,cfg-full --timeout 100 $train_extra --out "$out/bench_train.json"
 
 # shellcheck disable=SC2086
-section bench_compile 95 "$python" -m pi0.ript.cli bench model --size "$size" --device "$device" --dtype "$dtype" \
+section bench_compile 100 "$python" -m pi0.ript.cli bench model --size "$size" --device "$device" --dtype "$dtype" \
   --batch-sizes 1 --compile $compiled --out "$out/bench_compile.json"
 
 # shellcheck disable=SC2086
