@@ -205,6 +205,40 @@ def test_cuda_graph_mode_replays_one_capture_per_bucket_and_keeps_each_result():
     torch.testing.assert_close(got_b, want_b, rtol=0, atol=1e-5)  # not the first call's inputs again
 
 
+def test_the_parallel_runner_captures_every_bucket_in_its_policy_thread_before_the_first_call(no_orphans):
+    """The runner's warm-up on pi0's capture path (the CPU recorder above standing in for CUDA graphs): buckets 1 and
+    2 are captured in the policy thread before any call, and calls then only replay. (Chunks are not compared with an
+    eager run: pi0's noise comes from one generator in call order, which the runner's batching does not fix.)"""
+    import threading
+
+    from conftest import reach_config
+    from pi0.ript.env.episode import EpisodeRequest
+    from pi0.ript.env.parallel_runner import PI0LiberoRunner
+    from pi0.ript.env.reach_sim import ReachEnvSpec
+
+    spec = ReachEnvSpec()
+    instructions = [spec.instruction(t) for t in range(spec.num_tasks())]
+    captured = make_tiny_policy(instructions, image_size=56, seed=0, num_inference_steps=3)
+    threads = []
+
+    class ThreadRecorder(RerunRecorder):
+        def capture(self, fn):
+            threads.append(threading.current_thread().name)
+            return super().capture(fn)
+
+    captured.fast_sampler = FastSampler(captured.model, "cuda-graph", graph_recorder=ThreadRecorder)
+    cfg = reach_config("task.num_parallel_envs=2", "task.max_episode_length=10", "task.replan_steps=5")
+    requests = [EpisodeRequest(t, i) for t in range(2) for i in range(2)]
+    with PI0LiberoRunner(captured, config=cfg) as runner:
+        episodes = list(runner.run_episodes(requests))
+        assert runner.stats.seconds["policy_warmup"] > 0 and runner.stats.inference_calls >= 4
+    assert sorted(key[0] for key in captured.fast_sampler.compile_seconds) == [1, 2]
+    assert threads == ["policy_0", "policy_0"]  # one capture per bucket, both in the warm-up, none in a later call
+    assert sorted(e.request_id for e in episodes) == [0, 1, 2, 3]
+    for episode in episodes:
+        assert episode.steps == 10 and np.isfinite(episode.actions).all() and np.abs(episode.actions).max() > 0
+
+
 def test_a_refused_capture_samples_eagerly_and_says_why(caplog):
     policy = make_tiny_policy(INSTRUCTIONS, seed=0, image_size=56, num_inference_steps=2)
     sampler = FastSampler(policy.model, "cuda-graph", graph_recorder=RefusingRecorder)

@@ -14,7 +14,7 @@ bucket, never one per batch size.
 With `dynamic_batch` (the torch.compile modes), buckets from 2 up share one compilation whose batch dimension is
 symbolic (bucket 1 keeps its own, static one): two compilations instead of one per bucket, which is what makes
 `reduce-overhead` affordable for a runner meeting five buckets (~70 s each on an H200). CUDA-graph trees still
-record one graph per bucket (cheap). Only the batch dimension is marked (image and sequence sizes stay static). On a
+record one graph per bucket. Only the batch dimension is marked (image and sequence sizes stay static). On a
 CPU the symbolic kernels are no slower per call (docs/PERFORMANCE.md); on a GPU that is not measured yet.
 
 Padding repeats the last real row. Rows never mix (attention is per sample), so a padded row changes no real row's

@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"(compilation or capture + one run) {seconds:.1f} s")
             for (bucket, _, _), reason in (policy.fast_sampler.capture_errors if policy.fast_sampler else {}).items():
                 capture_errors.setdefault(f"{policy.compile_label}/{policy.preprocess}", {})[bucket] = reason
-                print(f"compile={policy.compile}: capture failed for bucket {bucket}, timed eagerly: {reason}")
+                print(f"compile={policy.compile_label}: capture failed for bucket {bucket}, timed eagerly: {reason}")
         rows = bench_batch(policies, observations, b, a.repeats)
         results.extend(rows)
         print(f"\nbatch {b}:")

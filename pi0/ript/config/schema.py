@@ -143,7 +143,9 @@ class RunnerConfig:
     max_worker_restarts: int = 3  # consecutive failures of one episode before the run gives up
     overlap_inference: bool = True  # let other envs step while the model computes chunks for some
     inference_groups: int = 0  # overlapped calls alternate between k groups of envs; 0: the runner picks k as it runs
-    spread_tasks: bool = True  # a worker out of episodes of its task loads the task fewest workers serve (not the next in order)
+    # A worker out of episodes of its task takes the task with the most pending episodes per worker on it (false: the
+    # next request in order); a LIBERO task switch rebuilds the env.
+    spread_tasks: bool = True
     on_bad_action: str = "raise"  # raise | fail_episode: what a NaN/inf or wrong-shape policy action does
 
 
