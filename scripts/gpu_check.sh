@@ -5,6 +5,8 @@
 #   source .gpu/setup.sh && scripts/gpu_check.sh OUT_DIR          # on an offline GPU box (shared/gpu copied to .gpu/)
 #   scripts/gpu_check.sh --dry-run OUT_DIR                         # the same sections on a CPU, tiny sizes (CI runs it)
 #   scripts/gpu_check.sh --sections machine,bench_runner_quick OUT_DIR   # some sections, in this file's order
+#   scripts/gpu_check.sh --deadline 580 ... OUT_DIR   # every section's limit cut to what is left of 580 s; a section
+#                                                      # with under 20 s left is skipped (exit 125 in the summary)
 #
 # Sections (OUT_DIR/<section>.log each, OUT_DIR/gpu_check.json the summary: exit code and seconds per section);
 # without --sections the first four run (limits 560 s in all); the last three only when named:
@@ -26,13 +28,16 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 ALL_SECTIONS="machine bench_model bench_eval bench_train bench_compile bench_eval_compiled bench_runner_quick"
-dry_run=0 sections="machine bench_model bench_eval bench_train"
+dry_run=0 sections="machine bench_model bench_eval bench_train" deadline=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) dry_run=1; shift ;;
     --sections)
       [[ $# -ge 2 ]] || { echo "gpu_check.sh: --sections needs a comma list of: $ALL_SECTIONS" >&2; exit 2; }
       sections=${2//,/ }; shift 2 ;;
+    --deadline)
+      [[ $# -ge 2 && $2 =~ ^[0-9]+$ ]] || { echo "gpu_check.sh: --deadline needs a whole number of seconds" >&2; exit 2; }
+      deadline=$2; shift 2 ;;
     *) break ;;
   esac
 done
@@ -60,10 +65,19 @@ fi
 section() {  # section NAME SECONDS COMMAND...: run it under a time limit, log it, record exit code and seconds
   local name=$1 limit=$2; shift 2
   [[ " $sections " == *" $name "* ]] || return 0
-  local started=$SECONDS
-  echo "== $name (limit ${limit}s): $*"
-  timeout --kill-after=10 "$limit" "$@" > "$out/$name.log" 2>&1
-  local rc=$?
+  local started=$SECONDS rc
+  if (( deadline )); then  # leave the kill grace (10 s) inside the deadline
+    local left=$((deadline - SECONDS - 10))
+    (( left < limit )) && limit=$left
+  fi
+  if (( deadline && limit < 20 )); then
+    echo "== $name: skipped, ${limit}s left before the ${deadline}s deadline"
+    rc=125
+  else
+    echo "== $name (limit ${limit}s): $*"
+    timeout --kill-after=10 "$limit" "$@" > "$out/$name.log" 2>&1
+    rc=$?
+  fi
   local took=$((SECONDS - started))
   tail -n 25 "$out/$name.log"
   echo "== $name: exit $rc after ${took}s"
@@ -71,7 +85,7 @@ section() {  # section NAME SECONDS COMMAND...: run it under a time limit, log i
 import json, sys
 path, name, rc, took = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 summary = json.load(open(path))
-summary[name] = {"exit_code": rc, "seconds": took, "timed_out": rc in (124, 137)}
+summary[name] = {"exit_code": rc, "seconds": took, "timed_out": rc in (124, 137), "skipped": rc == 125}
 json.dump(summary, open(path, "w"), indent=2)
 PY
 }

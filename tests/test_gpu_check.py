@@ -64,6 +64,22 @@ def test_gpu_check_names_an_unknown_section(tmp_path):
     assert not (tmp_path / "gpu_check.json").exists()
 
 
+def test_gpu_check_deadline_cuts_limits_and_skips(tmp_path):
+    """--deadline 30: `machine` keeps its 20 s limit (30 less the 10 s kill grace); `bench_model` comes after the
+    seconds `machine` took (importing torch), would have under 20 s and is skipped, recorded as such; a deadline that
+    is not a whole number is refused in one line."""
+    script = str(REPO_ROOT / "scripts/gpu_check.sh")
+    result = subprocess.run(["bash", script, "--dry-run", "--deadline", "30", "--sections", "machine,bench_model", str(tmp_path)],
+                            cwd=REPO_ROOT, env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert summary["machine"]["exit_code"] == 0 and not summary["machine"]["skipped"], result.stdout
+    assert "== machine (limit 20s)" in result.stdout and summary["machine"]["seconds"] >= 1
+    assert summary["bench_model"] == {"exit_code": 125, "seconds": 0, "timed_out": False, "skipped": True}, result.stdout
+    assert "== bench_model: skipped" in result.stdout and result.returncode == 1
+    bad = subprocess.run(["bash", script, "--deadline", "soon", str(tmp_path / "bad")], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--deadline needs a whole number of seconds" in bad.stderr
+
+
 def test_analytic_memory_adds_up():
     """Full pi0: 3.24 B parameters, 0.31 B outside the vision-language prefix; bytes per parameter as AdamW in fp32."""
     full = analytic_memory("full", "ppo-full", "replicated", 1, bf16=False)
