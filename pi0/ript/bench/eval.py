@@ -9,6 +9,12 @@ worker start and env build included, as `results.json` reports them), env-steps/
 apart: what a longer run tends to), inference calls, mean batch, model busy time, where the envs waited, and the
 ratios to the first setting.
 
+Before the first setting, one worker builds the first task's env and resets it once (`machine_warmup_seconds`), so
+the first setting does not pay alone what only a machine's first LIBERO env pays (file cache, GL driver caches). On
+the H200 without it, the first setting (all-off) took 27.6 s to its first step against 8.0 s for the later ones; how
+much of that was the cold machine and how much all-off's own start (it renders every settle step of the first reset:
+17.0 s against 10.7 s on the 2-core CPU, warm) that run could not tell apart.
+
 Settings (`--settings`, in this order; the first is the baseline of the ratios):
   all-off   render every step, hard reset, lock-step inference: how openpi, LeRobot, RIPT-VLA and RLinf step
   defaults  the defaults: render on demand, fast reset, overlapped inference in the runner's group schedule, tasks
@@ -98,13 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     compile_seconds = policy.warmup(range(1, a.workers + 1))
     warmup_s = time.perf_counter() - start
+    machine_warmup_s = warm_up_machine(spec, a.task_ids[0], a.image_size)
     machine = machine_info(device)
     where = machine["gpu"] or f"CPU ({machine['cpu_cores_usable']} cores)"
     print(
         f"{a.variant} {a.size} (random weights, built in {build_s:.1f} s) on {where}, {a.dtype}, compile={policy.compile_label} "
         f"(warm-up of batches 1..{a.workers}: {warmup_s:.1f} s); {a.suite} tasks {a.task_ids}, "
         f"{a.episodes_per_task} episodes each, {a.episode_length} steps, {a.image_size} px cameras, {a.workers} workers; "
-        f"{machine['cpu_cores']} cores, torch {machine['torch']}"
+        f"{machine['cpu_cores']} cores, torch {machine['torch']}; one env built and reset before the first setting "
+        f"(machine warm-up): {machine_warmup_s:.1f} s"
     )
     description = {"kind": a.variant, "checkpoint": None, "checkpoint_sha256": None, "random_weights": a.size}
     rows: list[dict] = []
@@ -135,11 +143,26 @@ def main(argv: list[str] | None = None) -> int:
             if a.out:
                 a.out.parent.mkdir(parents=True, exist_ok=True)
                 report = {"machine": machine, "settings": vars(a) | {"out": str(a.out), "build_seconds": build_s,
-                          "warmup_seconds": warmup_s, "compile_seconds": {str(k): v for k, v in compile_seconds.items()}},
+                          "warmup_seconds": warmup_s, "machine_warmup_seconds": machine_warmup_s, "compile_seconds": {str(k): v for k, v in compile_seconds.items()}},
                           "results": rows}
                 a.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print("\n" + format_table(rows))
     return 0
+
+
+def warm_up_machine(spec, task_id: int, image_size: int) -> float:
+    """Seconds for one worker process to start, build `task_id`'s env and reset it once; then it closes."""
+    from dataclasses import replace
+
+    from pi0.ript.env.worker import RESET, EnvWorker
+
+    start = time.perf_counter()
+    worker = EnvWorker(0, replace(spec, image_size=image_size))
+    try:
+        worker.call(RESET, {"task_id": task_id, "init_state": 0}, timeout=600)
+    finally:
+        worker.close()
+    return time.perf_counter() - start
 
 
 def format_row(row: dict, base: dict) -> str:
