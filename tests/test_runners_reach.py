@@ -419,3 +419,77 @@ def test_the_policy_warms_up_once_in_its_thread_before_any_call(overlap, no_orph
     assert len(first) == 6 and len(second) == 2
     with PI0LiberoRunner(POLICY, config=cfg) as plain:
         assert _signature(first) == _signature(plain.run_episodes(_requests()))
+
+
+def test_chunk_per_command_and_step_per_command_give_the_same_episodes(no_orphans):
+    """runner.step_chunks: a worker plays the queued chunk from one command, or one step per command; 7-step episodes
+    at replan 3 end mid-chunk (the max_steps cut), and episodes, executed actions and step counts agree."""
+    results = []
+    for chunks in ("true", "false"):
+        cfg = reach_config("task.num_parallel_envs=2", f"runner.step_chunks={chunks}", "task.replan_steps=3",
+                           "task.max_episode_length=7")
+        with PI0LiberoRunner(POLICY, config=cfg) as runner:
+            episodes = list(runner.run_episodes(_requests(2, 2)))
+            results.append(_signature(episodes))
+            assert runner.stats.env_steps == sum(e.steps for e in episodes)
+            assert runner.stats.as_dict()["env_steps_per_second_after_first_step"] > 0
+    assert results[0] == results[1]
+    assert all(outcome[3] == 7 or outcome[2] for outcome, _ in results[0].values())
+
+
+def test_a_worker_playing_a_chunk_stops_at_success():
+    """The STEPS command: a real worker process plays scripted actions until the step that succeeds and answers
+    with that many results; the same actions in-process succeed at the same step."""
+    from pi0.ript.env.reach_sim import scripted_action
+    from pi0.ript.env.worker import RESET, STEPS, EnvWorker
+
+    spec = ReachEnvSpec()
+    local = spec.make()
+    local.reset(0, 0)
+    actions, success_at = [], None
+    for step in range(40):
+        actions.append(scripted_action(local))
+        if local.step(actions[-1], False).success:
+            success_at = step + 1
+            break
+    assert success_at is not None and success_at >= 2
+    actions += [actions[-1]] * 3  # more than the episode needs: the worker must not play them
+    worker = EnvWorker(0, spec)
+    try:
+        worker.call(RESET, {"task_id": 0, "init_state": 0}, timeout=60)
+        results = worker.call(STEPS, [(a, i == len(actions) - 1) for i, a in enumerate(actions)], timeout=60)
+    finally:
+        worker.close()
+    assert len(results) == success_at and results[-1].success and not any(r.success for r in results[:-1])
+    assert all(r.observation is None for r in results)  # the one wanted observation was on an unplayed step
+
+
+def test_episode_hands_out_the_chunk_as_step_by_step_and_drops_unplayed_actions():
+    """EpisodeInProgress.next_actions wants observations where next_action would; record_steps with fewer results
+    than sent (a success mid-chunk) keeps only the played actions in the executed record."""
+    from pi0.ript.env.rollout import EpisodeInProgress
+    from pi0.ript.env.sim import StepResult
+
+    spec = ReachEnvSpec()
+    env = spec.make()
+    reset = env.reset(0, 0)
+    chunk = np.linspace(-0.1, 0.1, 4 * 7).reshape(4, 7)
+
+    def episode(max_steps):
+        ep = EpisodeInProgress(EpisodeRequest(task_id=0, init_state=0), reset, replan_steps=4, max_steps=max_steps)
+        ep.add_chunk(chunk, {})
+        return ep
+
+    step_by_step = episode(10)
+    expected = [step_by_step.next_action() for _ in range(4)]
+    together = episode(10).next_actions()
+    assert [w for _, w in together] == [w for _, w in expected] == [False, False, False, True]
+    assert episode(3).next_actions()[-1][1] is False and len(episode(3).next_actions()) == 3  # cut by max_steps
+
+    played = episode(10)
+    sent = played.next_actions()
+    quiet = StepResult(observation=None, reward=0.0, success=False, info={})
+    played.record_steps([quiet, StepResult(observation=None, reward=1.0, success=True, info={})], len(sent))
+    assert played.done and played.success and played.steps == 2
+    finished = played.finish()
+    assert np.array_equal(finished.actions, chunk[:2])

@@ -84,13 +84,15 @@ def _requests(args, runner, count: int):
     return [EpisodeRequest(task_id=args.task, init_state=i % 50) for i in range(count)]
 
 def _measure_runner(args, runner, policy, replan: int, overlap: bool = True, warm: bool = True,
-                    episodes_per_worker: int | None = None, groups: int = 0, episode_length: int | None = None) -> dict[str, Any]:
+                    episodes_per_worker: int | None = None, groups: int = 0, episode_length: int | None = None,
+                    step_chunks: bool = True) -> dict[str, Any]:
     """A measured run of episodes_per_worker x N episodes of episode_length steps, after a warm-up episode per
     worker (env build and first hard reset left out). Returns throughput, phases and per-episode outcomes.
-    `groups`: the parallel runner's inference groups (0: its own choice), learnt afresh for each measurement."""
+    `groups`: the parallel runner's inference groups (0: its own choice), learnt afresh for each measurement;
+    `step_chunks`: a worker plays a chunk per command (false: a command per step, the peers' way)."""
     parallel = hasattr(runner, "start_workers")
     runner.configure_run(policy=policy, replan_steps=replan, overlap_inference=overlap,
-                         **({"inference_groups": groups} if parallel else {}))
+                         **({"inference_groups": groups, "step_chunks": step_chunks} if parallel else {}))
     n = runner.num_parallel_envs if parallel else 1
     if warm:
         runner.configure_run(max_steps=1)

@@ -61,7 +61,7 @@ def _call_seconds(policy, observation, batches: list[int], repeats: int) -> dict
 def bench_emulated(args, results) -> None:
     """Issue 17's GPU box on this machine: per configuration, the simulation limit and the call times measured
     here, the throughput the group-schedule model predicts for every k, and three runs of 220-step episodes,
-    replan 5: the defaults, lock-step with the defaults' rendering, and the all-off way."""
+    replan 5: the defaults, lock-step with the defaults' rendering, and the all-off way (a command per step)."""
     from pi0.ript.bench.policies import LatencyPolicy
     from pi0.ript.env.schedule import CallTimeFit, model_load, predicted_cycle_seconds
 
@@ -103,7 +103,7 @@ def bench_emulated(args, results) -> None:
                     runs["lockstep"] = _measure_runner(args, runner, policy, replan, overlap=False,
                                                        episodes_per_worker=args.emulated_episodes_per_worker, episode_length=length)
                 else:
-                    runs["all_off"] = _measure_runner(args, runner, policy, replan, overlap=False,
+                    runs["all_off"] = _measure_runner(args, runner, policy, replan, overlap=False, step_chunks=False,
                                                       episodes_per_worker=args.emulated_episodes_per_worker, episode_length=length)
             finally:
                 runner.close()

@@ -16,11 +16,13 @@ much of that was the cold machine and how much all-off's own start (it renders e
 17.0 s against 10.7 s on the 2-core CPU, warm) that run could not tell apart.
 
 Settings (`--settings`, in this order; the first is the baseline of the ratios):
-  all-off   render every step, hard reset, lock-step inference: how openpi, LeRobot, RIPT-VLA and RLinf step
+  all-off   render every step, hard reset, lock-step inference, one worker command per step: how openpi, LeRobot,
+            RIPT-VLA and RLinf step
   defaults  the defaults: render on demand, fast reset, overlapped inference in the runner's group schedule, tasks
             spread over the workers
   task-major  the defaults, but each free worker takes the next request in order (runner.spread_tasks=false), so
             all workers start on the first task and rebuild together when it runs out
+  per-step  the defaults, but one worker command per env step instead of one per chunk (runner.step_chunks=false)
   serial    openpi's loop: one env, one call per replan (slow: give it few episodes)
 
     pi0-ript bench eval --size full --device cuda --dtype bfloat16 --compile cuda-graph --workers 14 \\
@@ -37,9 +39,11 @@ import time
 from pathlib import Path
 
 SETTINGS = {
-    "all-off": ["task.render_on_demand=false", "task.fast_reset=false", "runner.overlap_inference=false"],
+    "all-off": ["task.render_on_demand=false", "task.fast_reset=false", "runner.overlap_inference=false",
+                "runner.step_chunks=false"],
     "defaults": [],
     "task-major": ["runner.spread_tasks=false"],
+    "per-step": ["runner.step_chunks=false"],
     "serial": ["features.use_ript_vla_runner=false", "task.num_parallel_envs=1"],
 }
 
@@ -55,7 +59,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", choices=COMPILE_MODES, default="none", help="policy.compile for every setting")
     p.add_argument("--dynamic-batch", action="store_true",
                    help="with --compile default or reduce-overhead: one compilation for every batch bucket from 2 up")
-    p.add_argument("--suite", default="libero_spatial")
+    p.add_argument("--suite", default="libero_spatial", help="a LIBERO suite, or reach (simulation nearly free)")
     p.add_argument("--task-ids", type=int, nargs="+", default=[0, 1])
     p.add_argument("--workers", type=int, default=2, help="task.num_parallel_envs (the serial setting uses 1)")
     p.add_argument("--episodes-per-task", type=int, default=2)
@@ -87,14 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     from pi0.ript.policy.pi0_policy import PI0Policy
     from pi0.model.tokenizer import build_word_tokenizer
     from pi0.ript.config.schema import load_config
-    from pi0.ript.env.libero_sim import LiberoEnvSpec
+    from pi0.ript.env.factory import make_env_spec
     from pi0.ript.evaluate import run_eval
     from pi0.ript.policy.devices import resolve_device
 
     device = torch.device(resolve_device(a.device))
     dtype = DTYPES[a.dtype]
     # A word tokenizer over the suite's own instructions: the prompts tokenise to real ids (weights are random anyway).
-    spec = LiberoEnvSpec(benchmark_name=a.suite)
+    spec = make_env_spec(load_config(None, [f"task.benchmark_name={a.suite}", f"task.image_size={a.image_size}"]))
     tokenizer = build_word_tokenizer([spec.instruction(t) for t in a.task_ids])
     start = time.perf_counter()
     model = build_model(a.size, device, dtype, 224, 10, tokenizer.vocab_size, a.variant)
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     compile_seconds = policy.warmup(range(1, a.workers + 1))
     warmup_s = time.perf_counter() - start
-    machine_warmup_s = warm_up_machine(spec, a.task_ids[0], a.image_size)
+    machine_warmup_s = warm_up_machine(spec, a.task_ids[0])
     machine = machine_info(device)
     where = machine["gpu"] or f"CPU ({machine['cpu_cores_usable']} cores)"
     print(
@@ -150,14 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def warm_up_machine(spec, task_id: int, image_size: int) -> float:
+def warm_up_machine(spec, task_id: int) -> float:
     """Seconds for one worker process to start, build `task_id`'s env and reset it once; then it closes."""
-    from dataclasses import replace
-
     from pi0.ript.env.worker import RESET, EnvWorker
 
     start = time.perf_counter()
-    worker = EnvWorker(0, replace(spec, image_size=image_size))
+    worker = EnvWorker(0, spec)
     try:
         worker.call(RESET, {"task_id": task_id, "init_state": 0}, timeout=600)
     finally:

@@ -53,7 +53,7 @@ def _f(x, digits=3):
 
 def _emulated_markdown(emulated: dict[str, Any]) -> str:
     lines = ["Emulated GPU box (reach workers sleeping a step-time model, a latency policy L(b) = a + c*b; replan 5; "
-             "all-off = render every step + lock-step, hard reset not emulated):\n",
+             "all-off = render every step + lock-step + a worker command per step, hard reset not emulated):\n",
              "| configuration | workers | physics + render ms | a + c ms | S per chunk: sim limit / runner | best k: predicted | defaults | lock-step | all-off | "
              "defaults / best predicted | same, with the runner's S | defaults / all-off | defaults / lock-step | defaults: k, mean batch | same episodes |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

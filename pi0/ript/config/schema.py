@@ -146,6 +146,9 @@ class RunnerConfig:
     # A worker out of episodes of its task takes the task with the most pending episodes per worker on it (false: the
     # next request in order); a LIBERO task switch rebuilds the env.
     spread_tasks: bool = True
+    # A worker plays all the queued actions of a chunk from one command (one pipe round trip per chunk, not per step:
+    # the runner's loop and its GIL are out of the way of stepping); false: one command per step. Same episodes.
+    step_chunks: bool = True
     on_bad_action: str = "raise"  # raise | fail_episode: what a NaN/inf or wrong-shape policy action does
 
 

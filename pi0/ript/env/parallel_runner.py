@@ -31,7 +31,7 @@ from pi0.ript.env.episode import Episode, EpisodeRequest
 from pi0.ript.env.rollout import EpisodeInProgress
 from pi0.ript.env.runner_base import RunnerBase
 from pi0.ript.env.schedule import GroupSchedule
-from pi0.ript.env.worker import RESET, START, STEP, EnvWorker, WorkerDied
+from pi0.ript.env.worker import RESET, START, STEP, STEPS, EnvWorker, WorkerDied
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class _Slot:
         self.failures = 0  # consecutive failures of the current request
         self.episode: EpisodeInProgress | None = None
         self.loaded_task: int | None = None
+        self.sent_steps = 0  # actions in the STEPS command in flight
 
     @property
     def busy(self) -> bool:
@@ -64,6 +65,7 @@ class PI0LiberoRunner(RunnerBase):
         self.max_worker_restarts = int(self.cfg.runner.max_worker_restarts)
         self.overlap_inference = bool(self.cfg.runner.overlap_inference)
         self.spread_tasks = bool(self.cfg.runner.spread_tasks)
+        self.step_chunks = bool(self.cfg.runner.step_chunks)
         self._slots: list[_Slot] = []
         # Overlapped inference: one background thread runs the policy (one model, one call at a time). Why a thread:
         # a synchronous call blocks this loop, so a worker finishing a step during the call could not get its next
@@ -108,11 +110,14 @@ class PI0LiberoRunner(RunnerBase):
         slot.loaded_task = None
         self.stats.worker_restarts += 1
 
-    def configure_run(self, *, inference_groups: int | None = None, **settings) -> None:
-        """RunnerBase.configure_run, plus `inference_groups` (0: chosen as the runner goes), learnt afresh."""
+    def configure_run(self, *, inference_groups: int | None = None, step_chunks: bool | None = None, **settings) -> None:
+        """RunnerBase.configure_run, plus `inference_groups` (0: chosen as the runner goes), learnt afresh, and
+        `step_chunks` (runner.step_chunks)."""
         super().configure_run(**settings)
         if inference_groups is not None:
             self.schedule = GroupSchedule(int(inference_groups))
+        if step_chunks is not None:
+            self.step_chunks = bool(step_chunks)
 
     def close(self) -> None:
         for slot in self._slots:
@@ -403,9 +408,12 @@ class PI0LiberoRunner(RunnerBase):
         if command == RESET:
             slot.loaded_task = slot.request.task_id
             slot.episode = self._new_episode(slot.request, reply, want_frames, slot.failures, f"worker {slot.worker.index}")
+        elif command == STEPS:
+            slot.episode.record_steps(reply, slot.sent_steps)
+            self.stats.count_steps(len(reply))
         else:
             slot.episode.record_step(reply)
-            self.stats.count_step()
+            self.stats.count_steps()
         return self._advance(slot, pending, want_frames)
 
     def _advance(self, slot: _Slot, pending: deque, want_frames: bool) -> Episode | None:
@@ -417,8 +425,13 @@ class PI0LiberoRunner(RunnerBase):
             self._assign(slot, pending)
             return finished
         if not episode.needs_inference():
-            action, want_observation = episode.next_action()
-            self._send(slot, STEP, (action, want_observation))
+            if self.step_chunks:
+                steps = episode.next_actions()
+                slot.sent_steps = len(steps)
+                self._send(slot, STEPS, steps)
+            else:
+                action, want_observation = episode.next_action()
+                self._send(slot, STEP, (action, want_observation))
         return None
 
     def _retry(self, slot: _Slot, reason: str, during: str | None = None) -> None:

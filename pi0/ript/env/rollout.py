@@ -83,6 +83,28 @@ class EpisodeInProgress:
         policy_reads_next = not self.queue and self.steps + 1 < self.max_steps
         return action, policy_reads_next or self.want_frames
 
+    def next_actions(self) -> list[tuple[np.ndarray, bool]]:
+        """The rest of the queued chunk as `next_action` would hand it out step by step, for a worker to play from one
+        command: the actions the episode can still take (max_steps), an observation wanted where `next_action` would
+        want one. `record_steps` takes the results back."""
+        count = min(len(self.queue), self.max_steps - self.steps)
+        steps = []
+        for i in range(count):
+            action = self.queue.popleft()
+            self.executed.append(action)
+            policy_reads_next = i == count - 1 and not self.queue and self.steps + count < self.max_steps
+            steps.append((action, policy_reads_next or self.want_frames))
+        return steps
+
+    def record_steps(self, results: list[StepResult], sent: int) -> None:
+        """The results of `sent` actions from `next_actions`; fewer came back when one succeeded (the worker stops
+        there), and the actions it did not play leave the record of executed actions."""
+        for result in results:
+            self.record_step(result)
+        unplayed = sent - len(results)
+        if unplayed:
+            del self.executed[-unplayed:]
+
     def record_step(self, result: StepResult) -> None:
         self.steps += 1
         self.total_reward += float(result.reward)

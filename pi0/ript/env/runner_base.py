@@ -45,12 +45,16 @@ class RunnerStats:
         self.seconds_model_idle_with_waiters = 0.0  # wall seconds no call ran although some env waited
         self.schedule: dict[str, Any] = {}  # the parallel runner's group schedule: k, measured S, a, c
         self.started = time.perf_counter()
-        self.first_step_at: float | None = None  # when the first env step came back (workers up, envs built)
+        # When the first env step came back (workers up, envs built), and how many steps that reply held (a worker
+        # that plays a whole chunk per command answers for all of its steps at once).
+        self.first_step_at: float | None = None
+        self.first_reply_steps = 0
 
-    def count_step(self) -> None:
-        self.env_steps += 1
-        if self.first_step_at is None:
+    def count_steps(self, steps: int = 1) -> None:
+        self.env_steps += steps
+        if self.first_step_at is None and steps:
             self.first_step_at = time.perf_counter()
+            self.first_reply_steps = steps
 
     def as_dict(self) -> dict[str, Any]:
         now = time.perf_counter()
@@ -67,7 +71,8 @@ class RunnerStats:
             # Start-up (worker processes, env builds, first resets) apart: the rate a longer run tends to.
             "seconds_to_first_step": None if self.first_step_at is None else self.first_step_at - self.started,
             "env_steps_per_second_after_first_step": (
-                (self.env_steps - 1) / (now - self.first_step_at) if self.first_step_at is not None and now > self.first_step_at else 0.0
+                (self.env_steps - self.first_reply_steps) / (now - self.first_step_at)
+                if self.first_step_at is not None and now > self.first_step_at else 0.0
             ),
             "seconds": dict(self.seconds),
             "env_seconds": dict(self.env_seconds),

@@ -34,7 +34,7 @@ class LIBEROEnvRunner(RunnerBase):
                 started = time.perf_counter()
                 episode.record_step(self._env.step(action, want_observation))
                 self.stats.seconds["stepping_envs"] += time.perf_counter() - started
-                self.stats.count_step()
+                self.stats.count_steps()
             self.stats.episodes += 1
             yield episode.finish()
 

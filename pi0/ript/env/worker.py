@@ -25,6 +25,9 @@ from typing import Any, Iterator
 
 # Commands the worker understands.
 RESET, STEP, RENDER_COUNT, STATS, CLOSE, PING = "reset", "step", "render_count", "stats", "close", "ping"
+# Several steps from one command: [(action, want_observation), ...], played in order until one succeeds (the episode
+# is then over); the reply is the list of the steps' results. One pipe round trip per chunk instead of per step.
+STEPS = "steps"
 # Not a command: what a new worker is "doing" until it has built its env spec and sent its pid.
 START = "start"
 
@@ -59,6 +62,12 @@ def _worker_loop(index: int, spec: Any, conn: Connection, parent_end: Connection
             try:
                 if command == STEP:
                     result = env.step(*data)
+                elif command == STEPS:
+                    result = []
+                    for action, want_observation in data:
+                        result.append(env.step(action, want_observation))
+                        if result[-1].success:
+                            break
                 elif command == RESET:
                     result = env.reset(**data)
                 elif command == RENDER_COUNT:
