@@ -489,7 +489,8 @@ def test_episode_hands_out_the_chunk_as_step_by_step_and_drops_unplayed_actions(
     played = episode(10)
     sent = played.next_actions()
     quiet = StepResult(observation=None, reward=0.0, success=False, info={})
-    played.record_steps([quiet, StepResult(observation=None, reward=1.0, success=True, info={})], len(sent))
-    assert played.done and played.success and played.steps == 2
+    assert len(sent) == played.in_flight == 4
+    played.record_steps([quiet, StepResult(observation=None, reward=1.0, success=True, info={})])
+    assert played.done and played.success and played.steps == 2 and played.in_flight == 0
     finished = played.finish()
     assert np.array_equal(finished.actions, chunk[:2])

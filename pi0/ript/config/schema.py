@@ -119,8 +119,8 @@ class PolicyConfig:
     # per batch bucket; CUDA only) | default (torch.compile) | reduce-overhead (torch.compile + CUDA graphs on a GPU)
     compile: str = "auto"
     # With compile default | reduce-overhead: the batch size symbolic in the compiled graphs, so buckets 2, 4, 8, 16
-    # share one compilation (bucket 1 keeps its own): two compilations instead of one per bucket. Off until measured
-    # on a GPU; on a CPU it costs no speed per call (docs/PERFORMANCE.md).
+    # share one compilation (bucket 1 keeps its own): two compilations instead of one per bucket (H200: 163 s for
+    # five buckets against ~69 s each, docs/PERFORMANCE.md). Off because compile=auto does not use it.
     compile_dynamic_batch: bool = False
 
 

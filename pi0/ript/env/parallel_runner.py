@@ -49,7 +49,6 @@ class _Slot:
         self.failures = 0  # consecutive failures of the current request
         self.episode: EpisodeInProgress | None = None
         self.loaded_task: int | None = None
-        self.sent_steps = 0  # actions in the STEPS command in flight
 
     @property
     def busy(self) -> bool:
@@ -409,7 +408,7 @@ class PI0LiberoRunner(RunnerBase):
             slot.loaded_task = slot.request.task_id
             slot.episode = self._new_episode(slot.request, reply, want_frames, slot.failures, f"worker {slot.worker.index}")
         elif command == STEPS:
-            slot.episode.record_steps(reply, slot.sent_steps)
+            slot.episode.record_steps(reply)
             self.stats.count_steps(len(reply))
         else:
             slot.episode.record_step(reply)
@@ -426,9 +425,7 @@ class PI0LiberoRunner(RunnerBase):
             return finished
         if not episode.needs_inference():
             if self.step_chunks:
-                steps = episode.next_actions()
-                slot.sent_steps = len(steps)
-                self._send(slot, STEPS, steps)
+                self._send(slot, STEPS, episode.next_actions())
             else:
                 action, want_observation = episode.next_action()
                 self._send(slot, STEP, (action, want_observation))

@@ -43,6 +43,7 @@ class EpisodeInProgress:
         self.queue: deque[np.ndarray] = deque()
         self.records: list[InferenceRecord] = []
         self.executed: list[np.ndarray] = []  # actions executed from the current chunk
+        self.in_flight = 0  # actions handed out by next_actions whose results have not come back
         self.steps = 0
         self.total_reward = 0.0
         self.success = False
@@ -75,33 +76,27 @@ class EpisodeInProgress:
     def fail(self, reason: str) -> None:
         self.failure_reason = reason
 
-    def next_action(self) -> tuple[np.ndarray, bool]:
+    def next_action(self, ahead: int = 0) -> tuple[np.ndarray, bool]:
         """The next action and whether the step after it must return an observation: exactly when the policy will
-        read it (the queue is then empty and the episode can go on), or always when frames are recorded."""
+        read it (the queue is then empty and the episode can go on), or always when frames are recorded. `ahead`:
+        actions already handed out whose steps have not come back (`next_actions`)."""
         action = self.queue.popleft()
         self.executed.append(action)
-        policy_reads_next = not self.queue and self.steps + 1 < self.max_steps
+        policy_reads_next = not self.queue and self.steps + ahead + 1 < self.max_steps
         return action, policy_reads_next or self.want_frames
 
     def next_actions(self) -> list[tuple[np.ndarray, bool]]:
-        """The rest of the queued chunk as `next_action` would hand it out step by step, for a worker to play from one
-        command: the actions the episode can still take (max_steps), an observation wanted where `next_action` would
-        want one. `record_steps` takes the results back."""
-        count = min(len(self.queue), self.max_steps - self.steps)
-        steps = []
-        for i in range(count):
-            action = self.queue.popleft()
-            self.executed.append(action)
-            policy_reads_next = i == count - 1 and not self.queue and self.steps + count < self.max_steps
-            steps.append((action, policy_reads_next or self.want_frames))
-        return steps
+        """The rest of the queued chunk, as `next_action` hands it out step by step, for a worker to play from one
+        command: as many actions as the episode can still take (max_steps). `record_steps` takes the results back."""
+        self.in_flight = min(len(self.queue), self.max_steps - self.steps)
+        return [self.next_action(ahead) for ahead in range(self.in_flight)]
 
-    def record_steps(self, results: list[StepResult], sent: int) -> None:
-        """The results of `sent` actions from `next_actions`; fewer came back when one succeeded (the worker stops
+    def record_steps(self, results: list[StepResult]) -> None:
+        """The results of the actions from `next_actions`; fewer come back when one succeeded (the worker stops
         there), and the actions it did not play leave the record of executed actions."""
         for result in results:
             self.record_step(result)
-        unplayed = sent - len(results)
+        unplayed, self.in_flight = self.in_flight - len(results), 0
         if unplayed:
             del self.executed[-unplayed:]
 
