@@ -28,7 +28,7 @@ def main() -> None:
     spec = LiberoEnvSpec(a.suite, image_size=a.image_size)
     sim = spec.make()
     try:
-        sim.reset(a.task, 0)  # build + first hard reset, not timed
+        sim.reset(a.task, 0)  # build + first reset, not timed
         rates = {}
         for label, every in (("render every step", True), ("render on demand", False)):
             sim.reset(a.task, 0)

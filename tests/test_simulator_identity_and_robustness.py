@@ -169,10 +169,20 @@ def test_a_failing_fast_reset_snapshot_is_an_error_not_a_hang(monkeypatch):
     from pi0.ript.env import libero_sim
     from pi0.ript.env.libero_sim import LiberoEnvSpec
 
-    def capture_without_mj_copydata(env):
+    def capture_without_mj_copydata(env, in_constructor=False):
         raise AttributeError("module 'mujoco' has no attribute 'mj_copyData'")
 
+    message = r"fast reset failed \(AttributeError: .*mj_copyData'\) with mujoco .*: set task.fast_reset=false"
+    spec = LiberoEnvSpec(benchmark_name="libero_spatial", image_size=64, fast_render=True, num_wait_steps=0)
+    with spec.make() as sim:
+        sim.reset(0, 0)
+        with monkeypatch.context() as patch:
+            # inside LIBERO's reset loop: a hard reset the caller forces captures there
+            patch.setattr(libero_sim.ResetSnapshot, "capture", staticmethod(capture_without_mj_copydata))
+            with pytest.raises(RuntimeError, match=message):
+                sim.reset(0, 1, force_hard_reset=True)
     monkeypatch.setattr(libero_sim.ResetSnapshot, "capture", staticmethod(capture_without_mj_copydata))
-    with LiberoEnvSpec(benchmark_name="libero_spatial", image_size=64, fast_render=True, num_wait_steps=0).make() as sim:
-        with pytest.raises(RuntimeError, match=r"fast reset failed \(AttributeError: .*mj_copyData'\) with mujoco .*: set task.fast_reset=false"):
+    with spec.make() as sim:
+        with pytest.raises(RuntimeError, match=message):  # inside the env's constructor: the task's first reset
             sim.reset(0, 0)
+        assert sim._env is None  # the half-built env was closed

@@ -87,7 +87,7 @@ def _measure_runner(args, runner, policy, replan: int, overlap: bool = True, war
                     episodes_per_worker: int | None = None, groups: int = 0, episode_length: int | None = None,
                     step_chunks: bool = True) -> dict[str, Any]:
     """A measured run of episodes_per_worker x N episodes of episode_length steps, after a warm-up episode per
-    worker (env build and first hard reset left out). Returns throughput, phases and per-episode outcomes.
+    worker (env build and first reset left out). Returns throughput, phases and per-episode outcomes.
     `groups`: the parallel runner's inference groups (0: its own choice), learnt afresh for each measurement;
     `step_chunks`: a worker plays a chunk per command (false: a command per step, the peers' way)."""
     parallel = hasattr(runner, "start_workers")

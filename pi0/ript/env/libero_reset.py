@@ -26,17 +26,19 @@ fixtures): 2-3 s on this CPU. A soft reset (`env.hard_reset = False`) only calls
   robot's proprio did not. This was the "visual state" missing for the kitchen class; it was no rendering state,
   and it hit every class with such a task, Libero_Tabletop_Manipulation too (libero_spatial task 4).
 
-So the snapshot is taken at the one point both paths share, the start of `_reset_internal`, on the first hard reset
-of a task: a full copy of the MjData; every mutable numeric array of the MjModel (all but large static mesh/texture
-data that only the compiler writes); and the plain-data attributes (numpy arrays, numbers, strings, flags, robosuite's
-numeric buffers, and containers of those) of each robot, its gripper and its controller if it has one yet. References
-to the sim, models, XML trees and functions are not data and are never touched. On a soft reset, `restore` writes all
-of that back at the start of `_reset_internal` (deep copies; plain attributes the fresh objects did not have yet are
-removed); and it appends to each accumulating list the batch the snapshot's hard reset appended (the same stateless
-samplers and names, their number counted from the parsed bddl and checked against the batch before), as `_load_model`
-would have. So `_reset_internal` and everything after it (set_init_state, settle steps) runs on the same inputs as
-after a hard reset. Capturing earlier or later is worse: after `_reset_internal` the placement samplers have already
-drawn this episode's fixture jitter, which a later episode must draw afresh.
+So the snapshot is taken at the one point both paths share, the start of `_reset_internal`, in the env's constructor
+(`capture_in_constructor`: it runs the same `_load_model`, `_initialize_sim`, `_reset_internal` sequence as a hard
+reset, so a task's first episode needs no hard reset either), and again on any hard reset a caller forces: a full copy
+of the MjData; every mutable numeric array of the MjModel (all but large static mesh/texture data that only the
+compiler writes); and the plain-data attributes (numpy arrays, numbers, strings, flags, robosuite's numeric buffers,
+and containers of those) of each robot, its gripper and its controller if it has one yet. References to the sim,
+models, XML trees and functions are not data and are never touched. On a soft reset, `restore` writes all of that back
+at the start of `_reset_internal` (deep copies; plain attributes the fresh objects did not have yet are removed); and
+it appends to each accumulating list the batch the snapshot's model load appended (the same stateless samplers and
+names, their number counted from the parsed bddl and checked against the batch before), as `_load_model` would have.
+So `_reset_internal` and everything after it (set_init_state, settle steps) runs on the same inputs as after a hard
+reset. Capturing earlier or later is worse: after `_reset_internal` the placement samplers have already drawn this
+episode's fixture jitter, which a later episode must draw afresh.
 
 LIBERO's samplers draw from numpy's global RNG, so hard-reset episodes themselves differ from one another (fixture
 jitter) unless that RNG is seeded the same way: `LiberoSim` seeds it per episode (see there), for both paths. Left
@@ -54,9 +56,10 @@ for the LIBERO env classes (problem classes) proven that way.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -111,19 +114,23 @@ def _item_key(item: Any) -> Any:
     return item
 
 
-def _appended_batch(env: Any, name: str) -> list | None:
+def _appended_batch(env: Any, name: str, in_constructor: bool = False) -> list | None:
     """What the hard reset now running appended to one accumulating list (its last batch), checked against the batch
-    before it (the constructor's at least), so a LIBERO that appends differently fails loudly, not silently. None when
-    the env has no such list or the list stays empty."""
+    before it (the constructor's at least), so a LIBERO that appends differently fails loudly, not silently. In the
+    constructor the list must hold that one batch. None when the env has no such list or the list stays empty."""
     items = getattr(env, name, None)
     if not isinstance(items, list):
         return None
     n = _ACCUMULATING_LISTS[name](env)
     if n == 0 and not items:
         return None
-    if n == 0 or len(items) < 2 * n or len(items) % n or [_item_key(x) for x in items[-n:]] != [
-        _item_key(x) for x in items[-2 * n : -n]
-    ]:
+    if in_constructor:
+        wrong = n == 0 or len(items) != n
+    else:
+        wrong = n == 0 or len(items) < 2 * n or len(items) % n or [_item_key(x) for x in items[-n:]] != [
+            _item_key(x) for x in items[-2 * n : -n]
+        ]
+    if wrong:
         raise RuntimeError(
             f"{type(env).__name__}.{name} (length {len(items)}) is not whole batches of {n}, "
             "as LIBERO's _load_model appends them; its growth cannot be replayed"
@@ -131,8 +138,8 @@ def _appended_batch(env: Any, name: str) -> list | None:
     return list(items[-n:])
 
 
-def _appended_batches(env: Any) -> dict[str, list]:
-    batches = {name: _appended_batch(env, name) for name in _ACCUMULATING_LISTS}
+def _appended_batches(env: Any, in_constructor: bool) -> dict[str, list]:
+    batches = {name: _appended_batch(env, name, in_constructor) for name in _ACCUMULATING_LISTS}
     return {name: batch for name, batch in batches.items() if batch is not None}
 
 
@@ -196,8 +203,9 @@ class ResetSnapshot:
     appended: dict[str, list] = field(default_factory=dict)  # accumulating list -> the batch a `_load_model` appends
 
     @classmethod
-    def capture(cls, env: Any) -> ResetSnapshot:
-        """Call at the start of a hard reset's `_reset_internal` (fresh model, sim and robot objects)."""
+    def capture(cls, env: Any, in_constructor: bool = False) -> ResetSnapshot:
+        """Call at the start of a hard reset's `_reset_internal` (fresh model, sim and robot objects), or of the
+        constructor's (`in_constructor`: see `capture_in_constructor`)."""
         import mujoco
 
         model = env.sim.model._model
@@ -213,7 +221,7 @@ class ResetSnapshot:
         python_state = [
             {part: _plain_attrs(obj) for part, obj in _robot_parts(robot).items()} for robot in env.robots
         ]
-        return cls(data=data, model_arrays=arrays, python_state=python_state, appended=_appended_batches(env))
+        return cls(data=data, model_arrays=arrays, python_state=python_state, appended=_appended_batches(env, in_constructor))
 
     def restore(self, env: Any) -> None:
         """Call at the start of a soft reset's `_reset_internal` (after robosuite's `mj_resetData`)."""
@@ -235,3 +243,40 @@ class ResetSnapshot:
                     delattr(obj, k)  # made after the fresh state (during reset or steps): a fresh object lacks it
                 for k, v in attrs.items():
                     setattr(obj, k, copy.deepcopy(v))
+
+
+@dataclass
+class ConstructorCapture:
+    snapshot: ResetSnapshot | None = None
+    error: Exception | None = None  # the capture raised (the constructor itself went on)
+
+
+@contextlib.contextmanager
+def capture_in_constructor() -> Iterator[ConstructorCapture]:
+    """Take the snapshot inside the env's constructor, at the start of its `_reset_internal`, so a task's first
+    episode can already reset the fast way: the constructor has just compiled the model and built the sim, render
+    context and robot models, the state a hard reset's `_reset_internal` starts from, so the hard reset LIBERO's first
+    `env.reset()` would run (a second model compile and render context, about 2.5 s on a 2-core CPU) buys nothing.
+    tests/test_libero_sim.py proves those first episodes equal to hard-reset ones, bit for bit, per problem class.
+
+    Yields a `ConstructorCapture` that holds the snapshot, or the capture's error, once the constructor has run (neither
+    if it never reached `_reset_internal`). The method is swapped on LIBERO's base class because the constructor calls it before there is an instance to
+    hook; the swap lasts only for the `with` block, in a worker process that builds one env at a time."""
+    from libero.libero.envs.bddl_base_domain import BDDLBaseDomain
+
+    original = BDDLBaseDomain.__dict__["_reset_internal"]
+    captured = ConstructorCapture()
+
+    def reset_internal(env):
+        if captured.snapshot is None and captured.error is None:
+            try:
+                captured.snapshot = ResetSnapshot.capture(env, in_constructor=True)
+            except Exception as exc:  # the caller raises it once the env exists (and can be closed)
+                captured.error = exc
+        return original(env)
+
+    BDDLBaseDomain._reset_internal = reset_internal
+    try:
+        yield captured
+    finally:
+        BDDLBaseDomain._reset_internal = original

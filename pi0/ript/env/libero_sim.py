@@ -10,7 +10,8 @@ bit for bit, against the plain LIBERO loop (render every step, hard reset every 
   function*: it renders when the caller wants this step's observation and returns a preallocated black image
   otherwise. Physics, reward and success never look at images, so they cannot change. See `libero_render.py`.
 * Fast reset (`fast_reset`): a soft reset (`hard_reset=False`, no model recompilation) followed by restoring the state
-  a hard reset would have produced, captured right after the first hard reset of the task. See `libero_reset.py`.
+  a hard reset would have produced, captured inside the env's constructor at the point a hard reset's own state is
+  taken, so even a task's first episode skips the hard reset that LIBERO's first `env.reset()` runs. See `libero_reset.py`.
 
 Where fixtures stand is drawn at each reset from numpy's global RNG; `reset_seeding` says from which state
 (task.reset_seeding, set by eval.protocol): `episode` (pi0-ript's own: a seed per (seed, task, init state), whatever ran
@@ -46,7 +47,10 @@ from pi0.ript.env.libero_registry import _LIBERO_MISSING
 from pi0.ript.env.episode import stream_position_of
 from pi0.ript.env.libero_render import CameraGate, apply_fast_render
 from pi0.ript.env.libero_reset import (
+    PROPERTY_SAMPLERS,
+    ConstructorCapture,
     ResetSnapshot,
+    capture_in_constructor,
     fast_reset_verified,
     property_sampler_batch,
     set_property_sampler_copies,
@@ -213,6 +217,12 @@ def _mujoco_version() -> str:
     return mujoco.__version__
 
 
+def _fast_reset_failed(error: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"fast reset failed ({type(error).__name__}: {error}) with mujoco {_mujoco_version()}: set task.fast_reset=false"
+    )
+
+
 def _close_at_exit(ref: weakref.ref) -> None:
     # robosuite's EGL context destructors print EGLError tracebacks when they run during interpreter teardown;
     # closing the env before that keeps exit quiet even when a caller forgot close().
@@ -253,13 +263,19 @@ class LiberoSim:
         self._close_env()
         _, _, OffScreenRenderEnv = _import_libero()
         size = self.spec.image_size
-        with _isolated_global_rng(self.spec.seed):
+        capture = capture_in_constructor() if self.spec.fast_reset else contextlib.nullcontext(ConstructorCapture())
+        with _isolated_global_rng(self.spec.seed), capture as captured:
             self._env = OffScreenRenderEnv(
                 bddl_file_name=self.spec.bddl_file(task_id), camera_heights=size, camera_widths=size
             )
+        if captured.error is not None:
+            self._env.close()
+            self._env = None
+            raise _fast_reset_failed(captured.error) from captured.error
         self._task_id = task_id
-        self._snapshot = None
-        self._sampler_batch = None
+        # With the constructor's snapshot the task's first episode resets the fast way too (libero_reset.py).
+        self._snapshot = captured.snapshot
+        self._sampler_batch = self._snapshot.appended.get(PROPERTY_SAMPLERS) if self._snapshot else None
         self._gate = CameraGate(self._env.env)
         self._n_cameras = len(self._env.env.camera_names)
         self._wrap_reset_internal(self._env.env)
@@ -414,9 +430,7 @@ class LiberoSim:
             self._pending, self._entry_state = None, None
         if self._hook_error is not None:
             error, self._hook_error, self._snapshot = self._hook_error, None, None
-            raise RuntimeError(
-                f"fast reset failed ({type(error).__name__}: {error}) with mujoco {_mujoco_version()}: set task.fast_reset=false"
-            ) from error
+            raise _fast_reset_failed(error) from error
         if hard:
             # The replaced MjSim and its render context form a reference cycle; collect it now, while EGL is alive,
             # rather than at interpreter exit where its destructor prints EGLError tracebacks.

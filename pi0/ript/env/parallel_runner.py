@@ -199,7 +199,7 @@ class PI0LiberoRunner(RunnerBase):
         with runner.spread_tasks, the first pending episode of the task with the most pending episodes per worker
         already on it (ties: the earliest in request order); without it, the next request in order.
 
-        Why: a task switch rebuilds the LIBERO env (4.9 s against 0.6 s for a fast reset on a CPU core:
+        Why: a task switch rebuilds the LIBERO env (2.7 s against 0.6 s for a fast reset on a CPU core:
         scripts/reset_times.py). Requests come task by task (eval, training's contexts), so taking the next in order puts every worker on
         the first task and, once it runs out, has all of them rebuild for the next at the same moment; spreading
         builds each task on few workers, each worker ideally once (2 tasks x 14 episodes on 14 workers: 14 builds

@@ -41,7 +41,7 @@ class ResetResult:
     observation: Observation
     instruction: str
     task_name: str
-    hard_reset: bool  # whether the simulation was rebuilt for this episode
+    hard_reset: bool  # whether this reset recompiled the model (LIBERO's fast reset, a task's first included, does not)
     info: dict[str, Any] = field(default_factory=dict)
 
 
