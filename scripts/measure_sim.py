@@ -1,4 +1,4 @@
-"""Time one LIBERO task: steps/s rendering every step vs on demand, and hard vs fast reset.
+"""Time one LIBERO task: steps/s rendering every step vs on demand, hard vs fast reset, one forward pass per substep vs two.
 
     python scripts/measure_sim.py --suite libero_spatial --task 0 --image-size 128 --steps 60 --replan 5
 
@@ -53,6 +53,33 @@ def main() -> None:
         print(f"{'ratio':>18}: {times['hard reset'] / times['fast reset']:6.2f}x")
     finally:
         sim.close()
+    physics_only(a)
+
+
+def physics_only(a) -> None:
+    """Steps with no render, one forward pass per substep (the default) against robosuite's two: two envs of the same
+    episode, stepped in alternating rounds so both see the same machine load; their states must stay equal."""
+    sims = {skip: LiberoEnvSpec(a.suite, image_size=a.image_size, skip_repeated_forward=skip).make() for skip in (True, False)}
+    try:
+        for sim in sims.values():
+            sim.reset(a.task, 0)
+        actions = np.random.default_rng(1).uniform(-1, 1, size=(4 * a.steps, 7))
+        seconds = {True: [], False: []}
+        for r in range(4):
+            for skip, sim in sims.items():
+                t = time.perf_counter()
+                for act in actions[r * a.steps:(r + 1) * a.steps]:
+                    sim.step(act, want_observation=False)
+                seconds[skip].append(time.perf_counter() - t)
+        rates = {skip: a.steps / float(np.median(s)) for skip, s in seconds.items()}
+        state = {skip: sim._robosuite_env.sim.get_state().flatten() for skip, sim in sims.items()}
+        same = np.array_equal(state[True], state[False])
+        for skip, label in ((False, "two forwards"), (True, "one forward")):
+            print(f"{label:>18}: {rates[skip]:6.2f} steps/s physics only (median of 4 rounds of {a.steps})", flush=True)
+        print(f"{'ratio':>18}: {rates[True] / rates[False]:6.2f}x, same state after {4 * a.steps} steps: {same}")
+    finally:
+        for sim in sims.values():
+            sim.close()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """LiberoSim on real LIBERO: render on demand and fast reset change no episode, bit for bit.
 
 Each equivalence test runs the same episodes twice in one process, one env at a time: once the plain LIBERO way (render
-every step, hard reset every episode) and once with both features on, with a fixed pseudo-random action sequence per
+every step, hard reset every episode, robosuite's two forward passes per physics substep) and once with the features
+on, with a fixed pseudo-random action sequence per
 episode, several episodes in a row in one env, revisiting an init state. One task per LIBERO problem class the shipped
 suites use (libero_reset.VERIFIED_ENV_CLASSES), with tasks whose bddl sets an articulated object's state (a cabinet
 drawer open, ...): LIBERO adds one more property sampler per hard reset, whose count the sim sets at every reset (both
@@ -35,10 +36,10 @@ def _actions(episode: int) -> np.ndarray:
     return a
 
 
-def _run(spec: LiberoEnvSpec, task_id: int) -> tuple[list[dict], int, int, str]:
+def _run(spec: LiberoEnvSpec, task_id: int) -> tuple[list[dict], int, int, str, int]:
     """Episodes as the policy sees them: every observation it is given (reset + every REPLAN-th step), success per
     step, whether the reset was hard, how many property samplers LIBERO's reset ran. Returns them, the number of renders
-    the env counted and the env's problem class."""
+    the env counted, the env's problem class and how many of the steps' physics substeps skipped no forward pass."""
     sim = spec.make()
     try:
         episodes = []
@@ -54,7 +55,11 @@ def _run(spec: LiberoEnvSpec, task_id: int) -> tuple[list[dict], int, int, str]:
                 if want:
                     observations.append(s.observation)
             episodes.append({"obs": observations, "success": successes, "hard": r.hard_reset, "samplers": samplers})
-        return episodes, sim.render_count(), sim.camera_render_count(), type(sim._robosuite_env).__name__
+        env = sim._robosuite_env
+        substeps = round(env.control_timestep / env.model_timestep)
+        skipped = sim._forward_skip.skipped if sim._forward_skip is not None else 0
+        substeps_without_skip = len(INIT_STATES) * (STEPS + spec.num_wait_steps) * substeps - skipped
+        return episodes, sim.render_count(), sim.camera_render_count(), type(env).__name__, substeps_without_skip
     finally:
         sim.close()
 
@@ -90,10 +95,10 @@ def test_every_verified_class_has_a_case():
 
 @pytest.mark.parametrize("suite,task_id,env_class,samplers", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
 def test_features_on_equal_features_off_bit_for_bit(suite, task_id, env_class, samplers):
-    plain_spec = LiberoEnvSpec(suite, image_size=IMAGE, render_on_demand=False, fast_reset=False)
-    fast_spec = LiberoEnvSpec(suite, image_size=IMAGE, render_on_demand=True, fast_reset=True)
-    plain, _, _, cls = _run(plain_spec, task_id)
-    fast, renders, camera_renders, _ = _run(fast_spec, task_id)
+    plain_spec = LiberoEnvSpec(suite, image_size=IMAGE, render_on_demand=False, fast_reset=False, skip_repeated_forward=False)
+    fast_spec = LiberoEnvSpec(suite, image_size=IMAGE, render_on_demand=True, fast_reset=True, skip_repeated_forward=True)
+    plain, _, _, cls, _ = _run(plain_spec, task_id)
+    fast, renders, camera_renders, _, substeps_without_skip = _run(fast_spec, task_id)
 
     assert cls == env_class
     # Stock LIBERO runs k+2 copies of each property sampler at episode k's reset (the constructor's and k+1 hard model
@@ -102,6 +107,9 @@ def test_features_on_equal_features_off_bit_for_bit(suite, task_id, env_class, s
 
     assert [e["hard"] for e in plain] == [True] * len(INIT_STATES)
     assert [e["hard"] for e in fast] == [False] * len(INIT_STATES)  # the fast path really ran, first episode too
+    # One forward pass per physics substep: robosuite's repeat skipped every time, except in the first substep after
+    # each reset, which has no repeat to skip (the controller the reset made holds that state's values already).
+    assert substeps_without_skip == len(INIT_STATES)
     _assert_identical(plain, fast)
 
     # (b) render on demand renders exactly the observations returned: once per reset, once per wanted step.

@@ -1,5 +1,5 @@
-"""Render on demand and fast reset change no episode: the parallel runner with a deterministic policy gives the same
-episodes with both features on as with both off — success, steps, every executed action and every observation the
+"""Render on demand, fast reset and the single forward pass per physics substep change no episode: the parallel runner
+with a deterministic policy gives the same episodes with the three on as with the three off — success, steps, every executed action and every observation the
 policy was given, bit for bit — over several episodes in a row in one worker, revisiting an init state, on two
 suites. And the worker renders exactly the observations the policy reads."""
 
@@ -22,7 +22,7 @@ POLICY = SmallPolicy(chunk_size=10, seed=7, action_scale=1.0)
 def _run(suite: str, task_id: int, features: str):
     cfg = libero_config(
         f"task.benchmark_name={suite}", "task.num_parallel_envs=1", "task.max_episode_length=11", "task.replan_steps=4",
-        f"task.render_on_demand={features}", f"task.fast_reset={features}",
+        f"task.render_on_demand={features}", f"task.fast_reset={features}", f"task.skip_repeated_forward={features}",
     )
     requests = [EpisodeRequest(task_id, 0), EpisodeRequest(task_id, 1), EpisodeRequest(task_id, 0)]
     with PI0LiberoRunner(POLICY, config=cfg) as runner:

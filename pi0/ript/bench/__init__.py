@@ -14,7 +14,7 @@ Every number comes from this run, on one suite, one task and one image size, so 
              and render times, a latency policy L(b) = a + c*b; the defaults (render on demand, overlapped calls in
              the group schedule) against the all-off way (render every step, lock-step, a command per step) and the best
              schedule's predicted throughput (from this run's measured simulation and call times);
-* features   render-on-demand + fast-reset on vs off, replan 1/5/10, 1 and 2 workers, env-steps/s and episodes/hour;
+* features   render on demand + fast reset + one forward per substep, on vs off, replan 1/5/10, 1 and 2 workers, env-steps/s and episodes/hour;
 * memory     main-process RSS, each worker's RSS next to a bare env process (one that only builds the same env).
 
     pi0-ript bench                      # everything (tens of minutes on a 2-core CPU)

@@ -16,10 +16,10 @@ much of that was the cold machine and how much all-off's own start (it renders e
 17.0 s against 10.7 s on the 2-core CPU, warm) that run could not tell apart.
 
 Settings (`--settings`, in this order; the first is the baseline of the ratios):
-  all-off   render every step, hard reset, lock-step inference, one worker command per step: how openpi, LeRobot,
-            RIPT-VLA and RLinf step
-  defaults  the defaults: render on demand, fast reset, overlapped inference in the runner's group schedule, tasks
-            spread over the workers
+  all-off   render every step, hard reset, robosuite's two forward passes per physics substep, lock-step inference,
+            one worker command per step: how openpi, LeRobot, RIPT-VLA and RLinf step
+  defaults  the defaults: render on demand, fast reset, one forward pass per substep, overlapped inference in the
+            runner's group schedule, tasks spread over the workers
   task-major  the defaults, but each free worker takes the next request in order (runner.spread_tasks=false), so
             all workers start on the first task and rebuild together when it runs out
   per-step  the defaults, but one worker command per env step instead of one per chunk (runner.step_chunks=false)
@@ -39,8 +39,8 @@ import time
 from pathlib import Path
 
 SETTINGS = {
-    "all-off": ["task.render_on_demand=false", "task.fast_reset=false", "runner.overlap_inference=false",
-                "runner.step_chunks=false"],
+    "all-off": ["task.render_on_demand=false", "task.fast_reset=false", "task.skip_repeated_forward=false",
+                "runner.overlap_inference=false", "runner.step_chunks=false"],
     "defaults": [],
     "task-major": ["runner.spread_tasks=false"],
     "per-step": ["runner.step_chunks=false"],

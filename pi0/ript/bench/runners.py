@@ -1,5 +1,5 @@
 """Sections `runners` (serial and parallel runner, small policy), `latency` (a policy of artificial latency,
-overlapped vs lock-step) and `features` (render on demand + fast reset on vs off)."""
+overlapped vs lock-step) and `features` (render on demand + fast reset + one forward pass per substep, on vs off)."""
 
 from __future__ import annotations
 

@@ -100,6 +100,8 @@ class TaskConfig:
     fast_render: bool = False  # cheaper rendering (no multisampling/reflections); images differ from training
     render_on_demand: bool = True  # render cameras only on steps whose observation the policy reads
     fast_reset: bool = True  # reset without rebuilding the simulation when proven equal to a hard reset
+    # one MuJoCo forward pass per physics substep where robosuite runs two at the same state (bit-identical)
+    skip_repeated_forward: bool = True
     emulated_step_ms: float = 0.0  # reach only: sleep per step, emulating a slow simulator's physics (bench); 0: off
     emulated_render_ms: float = 0.0  # reach only: extra sleep per step whose cameras are rendered (bench); 0: off
 

@@ -33,5 +33,6 @@ def make_env_spec(cfg: DictConfig) -> Any:
         fast_render=t.fast_render,
         render_on_demand=t.render_on_demand,
         fast_reset=t.fast_reset,
+        skip_repeated_forward=t.skip_repeated_forward,
         reset_seeding=t.reset_seeding,
     )

@@ -45,6 +45,7 @@ import numpy as np
 from pi0.ript.config.schema import LIBERO_PRO_SUITES, LIBERO_SUITES, RESET_SEEDINGS, TaskConfig
 from pi0.ript.env.libero_registry import _LIBERO_MISSING
 from pi0.ript.env.episode import stream_position_of
+from pi0.ript.env.libero_physics import RepeatedForwardSkip
 from pi0.ript.env.libero_render import CameraGate, apply_fast_render
 from pi0.ript.env.libero_reset import (
     PROPERTY_SAMPLERS,
@@ -123,6 +124,7 @@ class LiberoEnvSpec:
     fast_render: bool = TaskConfig.fast_render  # faster images that differ from what pretrained policies saw
     render_on_demand: bool = TaskConfig.render_on_demand
     fast_reset: bool = TaskConfig.fast_reset
+    skip_repeated_forward: bool = TaskConfig.skip_repeated_forward
     reset_seeding: str = TaskConfig.reset_seeding  # episode | task_stream | seed_plus_position (see the module doc)
     stream_cache_dir: str = ""  # task_stream: where replayed streams are kept; "": $PI0_RIPT_CACHE or ~/.cache/pi0-ript
 
@@ -241,6 +243,7 @@ class LiberoSim:
         self._task_id: int | None = None
         self._snapshot: ResetSnapshot | None = None
         self._gate: CameraGate | None = None
+        self._forward_skip: RepeatedForwardSkip | None = None  # with skip_repeated_forward, on the current sim
         self._camera_renders_before = 0  # renders of envs closed on task change, so the count spans the sim's life
         self._frame_renders = 0
         self._n_cameras = 2  # LIBERO's agentview + eye-in-hand; set from the env at build
@@ -443,7 +446,13 @@ class LiberoSim:
         if self.spec.fast_render:
             apply_fast_render(env.sim, self.spec.image_size)
         self._gate.install()  # a hard reset rebuilds the observables' sensors; make sure every camera is gated
+        if self.spec.skip_repeated_forward:
+            self._forward_skip = RepeatedForwardSkip.on(env.sim)  # a hard reset made a new sim
         return hard
+
+    def _stepping(self):
+        """Around every `env.step` (policy and settle steps): one forward pass per physics substep (libero_physics.py)."""
+        return self._forward_skip.stepping() if self._forward_skip is not None else contextlib.nullcontext()
 
     def _reset(self, task_id, state, index, position, force_hard_reset, t0) -> ResetResult:
         if self._env is None or task_id != self._task_id:
@@ -461,7 +470,8 @@ class LiberoSim:
         for i in range(n_wait):
             self._gate.open = (not on_demand) or i == n_wait - 1
             self._gate.step_renders = 0
-            raw, _, done, _ = self._env.step(NOOP_ACTION)
+            with self._stepping():
+                raw, _, done, _ = self._env.step(NOOP_ACTION)
             success = bool(done)
         self._gate.check_rendered(wanted=True)
         obs = self._convert(raw)
@@ -483,7 +493,8 @@ class LiberoSim:
             raise ValueError(f"action of shape {action.shape} given: LIBERO takes one action of shape ({ACTION_DIM},)")
         self._gate.open = want_observation or not self.spec.render_on_demand
         self._gate.step_renders = 0
-        raw, reward, done, info = self._env.step(action)
+        with self._stepping():
+            raw, reward, done, info = self._env.step(action)
         # LIBERO's step returns its own success check (`_check_success()`) as `done`, computed on every step.
         success = bool(done)
         self._last_obs = None
@@ -525,7 +536,7 @@ class LiberoSim:
     def _close_env(self) -> None:
         if self._env is not None:
             self._camera_renders_before += self._gate.renders if self._gate else 0
-            env, self._env, self._gate, self._snapshot = self._env, None, None, None
+            env, self._env, self._gate, self._snapshot, self._forward_skip = self._env, None, None, None, None
             env.close()
             gc.collect()  # free the sim/render-context cycle while EGL is alive (no EGLError tracebacks at exit)
 
