@@ -1,4 +1,4 @@
-"""Time one LIBERO task: steps/s rendering every step vs on demand, hard vs fast reset, one forward pass per substep vs two.
+"""Time one LIBERO task: rendering, resets and physics substeps, each with its speed feature off and on.
 
     python scripts/measure_sim.py --suite libero_spatial --task 0 --image-size 128 --steps 60 --replan 5
 
@@ -23,6 +23,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--replan", type=int, default=5)
     p.add_argument("--resets", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=8, help="alternating rounds of --steps physics-only steps per env")
     a = p.parse_args()
 
     spec = LiberoEnvSpec(a.suite, image_size=a.image_size)
@@ -57,15 +58,16 @@ def main() -> None:
 
 
 def physics_only(a) -> None:
-    """Steps with no render, one forward pass per substep (the default) against robosuite's two: two envs of the same
-    episode, stepped in alternating rounds so both see the same machine load; their states must stay equal."""
+    """Steps with no render, task.skip_repeated_forward (the default) against robosuite's three forward passes per
+    substep: two envs of the same episode, stepped in alternating rounds so both see the same machine load; their
+    states must stay equal."""
     sims = {skip: LiberoEnvSpec(a.suite, image_size=a.image_size, skip_repeated_forward=skip).make() for skip in (True, False)}
     try:
         for sim in sims.values():
             sim.reset(a.task, 0)
-        actions = np.random.default_rng(1).uniform(-1, 1, size=(4 * a.steps, 7))
+        actions = np.random.default_rng(1).uniform(-1, 1, size=(a.rounds * a.steps, 7))
         seconds = {True: [], False: []}
-        for r in range(4):
+        for r in range(a.rounds):
             for skip, sim in sims.items():
                 t = time.perf_counter()
                 for act in actions[r * a.steps:(r + 1) * a.steps]:
@@ -74,9 +76,9 @@ def physics_only(a) -> None:
         rates = {skip: a.steps / float(np.median(s)) for skip, s in seconds.items()}
         state = {skip: sim._robosuite_env.sim.get_state().flatten() for skip, sim in sims.items()}
         same = np.array_equal(state[True], state[False])
-        for skip, label in ((False, "two forwards"), (True, "one forward")):
-            print(f"{label:>18}: {rates[skip]:6.2f} steps/s physics only (median of 4 rounds of {a.steps})", flush=True)
-        print(f"{'ratio':>18}: {rates[True] / rates[False]:6.2f}x, same state after {4 * a.steps} steps: {same}")
+        for skip, label in ((False, "robosuite's passes"), (True, "repeats skipped")):
+            print(f"{label:>18}: {rates[skip]:6.2f} steps/s physics only (median of {a.rounds} rounds of {a.steps})", flush=True)
+        print(f"{'ratio':>18}: {rates[True] / rates[False]:6.2f}x, same state after {a.rounds * a.steps} steps: {same}")
     finally:
         for sim in sims.values():
             sim.close()

@@ -39,7 +39,8 @@ def _actions(episode: int) -> np.ndarray:
 def _run(spec: LiberoEnvSpec, task_id: int) -> tuple[list[dict], int, int, str, int]:
     """Episodes as the policy sees them: every observation it is given (reset + every REPLAN-th step), success per
     step, whether the reset was hard, how many property samplers LIBERO's reset ran. Returns them, the number of renders
-    the env counted, the env's problem class and how many of the steps' physics substeps skipped no forward pass."""
+    the env counted, the env's problem class and, with skip_repeated_forward, how many of the steps' physics substeps skipped
+no repeated forward pass and how many ran a whole mj_step."""
     sim = spec.make()
     try:
         episodes = []
@@ -57,9 +58,11 @@ def _run(spec: LiberoEnvSpec, task_id: int) -> tuple[list[dict], int, int, str, 
             episodes.append({"obs": observations, "success": successes, "hard": r.hard_reset, "samplers": samplers})
         env = sim._robosuite_env
         substeps = round(env.control_timestep / env.model_timestep)
-        skipped = sim._forward_skip.skipped if sim._forward_skip is not None else 0
-        substeps_without_skip = len(INIT_STATES) * (STEPS + spec.num_wait_steps) * substeps - skipped
-        return episodes, sim.render_count(), sim.camera_render_count(), type(env).__name__, substeps_without_skip
+        skip = sim._forward_skip
+        steps = len(INIT_STATES) * (STEPS + spec.num_wait_steps)
+        # substeps that skipped no repeated forward pass; substeps left as one mj_step
+        savings = (steps * substeps - skip.skipped, steps * substeps - skip.split_steps) if skip is not None else None
+        return episodes, sim.render_count(), sim.camera_render_count(), type(env).__name__, savings
     finally:
         sim.close()
 
@@ -98,7 +101,7 @@ def test_features_on_equal_features_off_bit_for_bit(suite, task_id, env_class, s
     plain_spec = LiberoEnvSpec(suite, image_size=IMAGE, render_on_demand=False, fast_reset=False, skip_repeated_forward=False)
     fast_spec = LiberoEnvSpec(suite, image_size=IMAGE, render_on_demand=True, fast_reset=True, skip_repeated_forward=True)
     plain, _, _, cls, _ = _run(plain_spec, task_id)
-    fast, renders, camera_renders, _, substeps_without_skip = _run(fast_spec, task_id)
+    fast, renders, camera_renders, _, (substeps_without_skip, whole_mj_steps) = _run(fast_spec, task_id)
 
     assert cls == env_class
     # Stock LIBERO runs k+2 copies of each property sampler at episode k's reset (the constructor's and k+1 hard model
@@ -107,9 +110,11 @@ def test_features_on_equal_features_off_bit_for_bit(suite, task_id, env_class, s
 
     assert [e["hard"] for e in plain] == [True] * len(INIT_STATES)
     assert [e["hard"] for e in fast] == [False] * len(INIT_STATES)  # the fast path really ran, first episode too
-    # One forward pass per physics substep: robosuite's repeat skipped every time, except in the first substep after
-    # each reset, which has no repeat to skip (the controller the reset made holds that state's values already).
+    # The controller's repeated forward pass skipped in every substep but the first after each reset, which has none
+    # (the controller the reset made holds that state's values already); mj_step split in every substep but the
+    # first of each control step (robosuite's own calls there).
     assert substeps_without_skip == len(INIT_STATES)
+    assert whole_mj_steps == len(INIT_STATES) * (STEPS + fast_spec.num_wait_steps)
     _assert_identical(plain, fast)
 
     # (b) render on demand renders exactly the observations returned: once per reset, once per wanted step.

@@ -1,9 +1,10 @@
-"""LIBERO behind the `SimEnv` contract: render only the observations the policy reads, reset without rebuilding.
+"""LIBERO behind the `SimEnv` contract: render only the observations the policy reads, reset without rebuilding, and
+compute each physics substep's forward pass once.
 
 `LiberoEnvSpec` is plain picklable data; `LiberoEnvSpec.make()` builds a `LiberoSim` in the process that will own it.
 
-Two speed features, both on by default and both proven (tests/test_libero_sim.py) to leave every episode unchanged,
-bit for bit, against the plain LIBERO loop (render every step, hard reset every episode):
+Three speed features, all on by default and all proven (tests/test_libero_sim.py) to leave every episode unchanged,
+bit for bit, against the plain LIBERO loop (render every step, hard reset every episode, robosuite's physics calls):
 
 * Render on demand (`render_on_demand`): robosuite samples every observable, cameras included, once per control step
   at a fixed physics substep. We leave the observables and their timing alone and only gate the camera *sensor
@@ -12,6 +13,8 @@ bit for bit, against the plain LIBERO loop (render every step, hard reset every 
 * Fast reset (`fast_reset`): a soft reset (`hard_reset=False`, no model recompilation) followed by restoring the state
   a hard reset would have produced, captured inside the env's constructor at the point a hard reset's own state is
   taken, so even a task's first episode skips the hard reset that LIBERO's first `env.reset()` runs. See `libero_reset.py`.
+* One forward pass per physics substep (`skip_repeated_forward`): robosuite computes it three times at the same state
+  (its env step, the arm controller, `mj_step`); we skip the repeats. See `libero_physics.py`.
 
 Where fixtures stand is drawn at each reset from numpy's global RNG; `reset_seeding` says from which state
 (task.reset_seeding, set by eval.protocol): `episode` (pi0-ript's own: a seed per (seed, task, init state), whatever ran
