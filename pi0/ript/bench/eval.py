@@ -23,6 +23,8 @@ Settings (`--settings`, in this order; the first is the baseline of the ratios):
   task-major  the defaults, but each free worker takes the next request in order (runner.spread_tasks=false), so
             all workers start on the first task and rebuild together when it runs out
   per-step  the defaults, but one worker command per env step instead of one per chunk (runner.step_chunks=false)
+  robosuite-physics  the defaults, but robosuite's three forward passes per physics substep
+            (task.skip_repeated_forward=false)
   serial    openpi's loop: one env, one call per replan (slow: give it few episodes)
 
     pi0-ript bench eval --size full --device cuda --dtype bfloat16 --compile cuda-graph --workers 14 \\
@@ -44,6 +46,7 @@ SETTINGS = {
     "defaults": [],
     "task-major": ["runner.spread_tasks=false"],
     "per-step": ["runner.step_chunks=false"],
+    "robosuite-physics": ["task.skip_repeated_forward=false"],
     "serial": ["features.use_ript_vla_runner=false", "task.num_parallel_envs=1"],
 }
 
