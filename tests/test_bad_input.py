@@ -123,7 +123,7 @@ def test_algo_optimizer_is_the_earlier_name_of_algo_loss():
 
 
 @pytest.mark.parametrize("settings, expected", [
-    ("defaults,fastest", "--settings: unknown fastest; use all-off, defaults, task-major, per-step, serial"),
+    ("defaults,fastest", "--settings: unknown fastest; use all-off, defaults, task-major, per-step, robosuite-physics, serial"),
     ("defaults,task-major,defaults", "--settings defaults,task-major,defaults: name each setting once"),
 ])
 def test_bench_eval_settings_are_checked_before_anything_runs(settings, expected, capsys):
