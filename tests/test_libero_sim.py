@@ -1,13 +1,12 @@
-"""LiberoSim on real LIBERO: render on demand and fast reset change no episode, bit for bit.
+"""LiberoSim on real LIBERO: render on demand, fast reset and the single forward pass change no episode, bit for bit.
 
-Each equivalence test runs the same episodes twice in one process, one env at a time: once the plain LIBERO way (render
-every step, hard reset every episode, robosuite's two forward passes per physics substep) and once with the features
-on, with a fixed pseudo-random action sequence per
-episode, several episodes in a row in one env, revisiting an init state. One task per LIBERO problem class the shipped
-suites use (libero_reset.VERIFIED_ENV_CLASSES), with tasks whose bddl sets an articulated object's state (a cabinet
-drawer open, ...): LIBERO adds one more property sampler per hard reset, whose count the sim sets at every reset (both
-paths alike), so that scenes do not depend on the env's history. Small images
-and short horizons keep it about a minute per task on a 2-core CPU.
+Each equivalence test runs the same episodes twice in one process, one env at a time: once the plain LIBERO way
+(render every step, hard reset every episode, robosuite's three forward passes per physics substep) and once with the
+features on, with a fixed pseudo-random action sequence per episode, several episodes in a row in one env, revisiting
+an init state. One task per LIBERO problem class the shipped suites use (libero_reset.VERIFIED_ENV_CLASSES), with
+tasks whose bddl sets an articulated object's state (a cabinet drawer open, ...): LIBERO adds one more property
+sampler per hard reset, whose count the sim sets at every reset (both paths alike), so that scenes do not depend on
+the env's history. Small images and short horizons keep it about a minute per task on a 2-core CPU.
 """
 
 from __future__ import annotations

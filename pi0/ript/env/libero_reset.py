@@ -259,9 +259,10 @@ def capture_in_constructor() -> Iterator[ConstructorCapture]:
     `env.reset()` would run (a second model compile and render context, about 2.5 s on a 2-core CPU) buys nothing.
     tests/test_libero_sim.py proves those first episodes equal to hard-reset ones, bit for bit, per problem class.
 
-    Yields a `ConstructorCapture` that holds the snapshot, or the capture's error, once the constructor has run (neither
-    if it never reached `_reset_internal`). The method is swapped on LIBERO's base class because the constructor calls it before there is an instance to
-    hook; the swap lasts only for the `with` block, in a worker process that builds one env at a time."""
+    Yields a `ConstructorCapture` that holds the snapshot, or the capture's error, once the constructor has run
+    (neither if it never reached `_reset_internal`). The method is swapped on LIBERO's base class because the
+    constructor calls it before there is an instance to hook; the swap lasts only for the `with` block, in a worker
+    process that builds one env at a time."""
     from libero.libero.envs.bddl_base_domain import BDDLBaseDomain
 
     original = BDDLBaseDomain.__dict__["_reset_internal"]
