@@ -14,8 +14,8 @@
 #   bench_model    full-size pi0 inference by batch size, bf16, eager and CUDA-graphed (ms per call, preprocessing
 #                  share, capture time, peak memory)
 #   bench_eval     `pi0-ript eval` on libero_spatial (2 tasks x 14 full-length episodes, 14 workers, 256 px cameras)
-#                  with that model, CUDA-graphed: the all-off way, robosuite's physics calls, a worker command per
-#                  step and the defaults, env-steps/s
+#                  with that model, CUDA-graphed: the all-off way, robosuite's physics calls, every scene
+#                  compiled (no scene cache) and the defaults, env-steps/s
 #                  (whole run and after the first step) and episodes/hour
 #   bench_train    one RIPT iteration per variant (ppo/cfg, full fine-tuning), bf16 + activation checkpointing:
 #                  time per phase, peak memory, analytic memory
@@ -107,7 +107,7 @@ section bench_model 110 "$python" -m pi0.ript.cli bench model --size "$size" --d
 
 # shellcheck disable=SC2086
 section bench_eval 240 "$python" -m pi0.ript.cli bench eval --size "$size" --device "$device" --dtype "$dtype" \
-  --compile "${graphs##* }" --settings all-off,robosuite-physics,per-step,defaults $eval_args --out "$out/bench_eval.json"
+  --compile "${graphs##* }" --settings all-off,robosuite-physics,compiled-scenes,defaults $eval_args --out "$out/bench_eval.json"
 
 # shellcheck disable=SC2086
 section bench_train 230 "$python" -m pi0.ript.cli bench train --size "$size" --device "$device" --precision "$precision" \

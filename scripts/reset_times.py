@@ -1,10 +1,16 @@
 """Reset time per LIBERO scene class, hard against fast: the mean `reset_s` LiberoSim reports for resets 2-3 of one
 task. One task per class of the shipped suites. Last, what a task switch costs in a warm process (the env is rebuilt
 for the new task): what runner.spread_tasks saves per switch, and what the constructor's snapshot saves in it (the
-task's first reset the fast way, against the hard first reset LIBERO's own `env.reset()` runs).
+task's first reset the fast way, against the hard first reset LIBERO's own `env.reset()` runs). Then an env worker's
+start in a fresh process, to its first reset's reply, with the scene compiled against loaded from the scene cache
+(task.model_cache_gb), and the worker's memory after that reset.
 
-    MUJOCO_GL=egl python scripts/reset_times.py
+    MUJOCO_GL=egl python scripts/reset_times.py [--starts-only]
 """
+
+import sys
+import tempfile
+import time
 
 import numpy as np
 
@@ -13,7 +19,39 @@ from pi0.ript.env.libero_sim import LiberoEnvSpec
 CASES = [("libero_spatial", 4, "Tabletop"), ("libero_object", 0, "Floor"), ("libero_10", 3, "Kitchen"),
          ("libero_10", 0, "Living room"), ("libero_10", 5, "Study")]
 
+
+def fresh_process_starts(rounds: int = 3) -> None:
+    from pi0.ript.env.worker import RESET, STATS, EnvWorker
+
+    with tempfile.TemporaryDirectory() as cache_dir:
+        spec = {gb: LiberoEnvSpec("libero_spatial", image_size=64, model_cache_gb=gb, model_cache_dir=cache_dir) for gb in (0, 8.0)}
+        seconds, rss, sources = {0: [], 8.0: []}, {0: [], 8.0: []}, []
+        for i in range(rounds + 1):  # round 0 fills the cache and warms the machine's file cache; not counted
+            for gb in (8.0, 0):
+                start = time.perf_counter()
+                worker = EnvWorker(i, spec[gb])
+                try:
+                    reset = worker.call(RESET, {"task_id": 0, "init_state": 0}, timeout=600)
+                    elapsed = time.perf_counter() - start
+                    memory = worker.call(STATS, timeout=60)["rss_bytes"]
+                finally:
+                    worker.close()
+                if i:
+                    seconds[gb].append(elapsed)
+                    rss[gb].append(memory)
+                    sources.append(reset.info["scene_models"])
+    assert all(s == {"loaded": 1, "compiled": 0, "written": 0} for s in sources if s is not None), sources
+    compiled, loaded = np.median(seconds[0]), np.median(seconds[8.0])
+    print(f"env worker start in a fresh process, libero_spatial task 0, to the first reset's reply (median of {rounds}): "
+          f"{loaded:.2f} s with the scene loaded from the cache, {compiled:.2f} s compiled ({compiled / loaded:.2f}x); "
+          f"worker memory after it {np.median(rss[8.0]) / 2**30:.2f} GiB against {np.median(rss[0]) / 2**30:.2f} GiB",
+          flush=True)
+
+
 if __name__ == "__main__":
+    if "--starts-only" in sys.argv:
+        fresh_process_starts()
+        sys.exit()
     for suite, task, scene in CASES:
         row = []
         for fast in (False, True):
@@ -39,3 +77,4 @@ if __name__ == "__main__":
     print(f"task switch (env rebuilt) in libero_spatial, tasks 0 <-> 1: {fast_s:.2f} s with the constructor's snapshot, "
           f"{hard_s:.2f} s with a hard first reset ({hard_s / fast_s:.2f}x); a fast reset of the same task: "
           f"{np.mean(fast):.2f} s", flush=True)
+    fresh_process_starts()

@@ -47,6 +47,7 @@ CASES = [
     (["task.image_size=0"], "task.image_size=0 must be >= 16"),
     (["task.replan_steps=0"], "task.replan_steps=0 must be >= 1"),
     (["task.num_wait_steps=-1"], "task.num_wait_steps=-1 must be >= 0"),
+    (["task.model_cache_gb=-1"], "task.model_cache_gb=-1.0 must be >= 0 (0: compile every scene, no cache)"),
     (["policy.dtype=float16"], "policy.dtype='float16': use float32 or bfloat16"),
     (["policy.compile_dynamic_batch=true"], "policy.compile_dynamic_batch=true applies to policy.compile=default or reduce-overhead, not 'auto'"),
     (["policy.kind=pi0", "policy.checkpoint_path=/nonexistent/ckpt"], "policy.checkpoint_path='/nonexistent/ckpt' is not a directory"),
@@ -123,7 +124,7 @@ def test_algo_optimizer_is_the_earlier_name_of_algo_loss():
 
 
 @pytest.mark.parametrize("settings, expected", [
-    ("defaults,fastest", "--settings: unknown fastest; use all-off, defaults, task-major, per-step, robosuite-physics, serial"),
+    ("defaults,fastest", "--settings: unknown fastest; use all-off, defaults, task-major, per-step, robosuite-physics, compiled-scenes, serial"),
     ("defaults,task-major,defaults", "--settings defaults,task-major,defaults: name each setting once"),
 ])
 def test_bench_eval_settings_are_checked_before_anything_runs(settings, expected, capsys):

@@ -41,7 +41,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert bench["settings"]["activation_checkpointing"] == "all"
 
     evaluation = json.loads((out / "bench_eval.json").read_text())
-    assert [r["setting"] for r in evaluation["results"]] == ["all-off", "robosuite-physics", "per-step", "defaults"]
+    assert [r["setting"] for r in evaluation["results"]] == ["all-off", "robosuite-physics", "compiled-scenes", "defaults"]
     assert evaluation["settings"]["machine_warmup_seconds"] > 0  # one env built and reset before the first setting
     for row in evaluation["results"]:  # one 6-step episode each, counted by the real runner
         assert row["episodes"] == 1 and row["env_steps"] == 6 and row["inference_calls"] >= 1, row

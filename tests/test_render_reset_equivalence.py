@@ -1,7 +1,8 @@
-"""Render on demand, fast reset and the single forward pass per physics substep change no episode: the parallel runner
-with a deterministic policy gives the same episodes with the three on as with the three off — success, steps, every executed action and every observation the
-policy was given, bit for bit — over several episodes in a row in one worker, revisiting an init state, on two
-suites. And the worker renders exactly the observations the policy reads."""
+"""Render on demand, fast reset, the single forward pass per physics substep and the compiled-scene cache change no
+episode: the parallel runner with a deterministic policy gives the same episodes with the four on as with the four
+off — success, steps, every executed action and every observation the policy was given, bit for bit — over several
+episodes in a row in one worker, revisiting an init state, on two suites. And the worker renders exactly the
+observations the policy reads."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def _run(suite: str, task_id: int, features: str):
     cfg = libero_config(
         f"task.benchmark_name={suite}", "task.num_parallel_envs=1", "task.max_episode_length=11", "task.replan_steps=4",
         f"task.render_on_demand={features}", f"task.fast_reset={features}", f"task.skip_repeated_forward={features}",
+        f"task.model_cache_gb={8 if features == 'true' else 0}",
     )
     requests = [EpisodeRequest(task_id, 0), EpisodeRequest(task_id, 1), EpisodeRequest(task_id, 0)]
     with PI0LiberoRunner(POLICY, config=cfg) as runner:

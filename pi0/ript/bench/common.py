@@ -28,7 +28,8 @@ def _spec(args, on: bool = True):
     from pi0.ript.env.libero_sim import LiberoEnvSpec
 
     return LiberoEnvSpec(benchmark_name=args.suite, image_size=args.image_size, seed=0, fast_render=args.fast_render,
-                         render_on_demand=on, fast_reset=on, skip_repeated_forward=on)
+                         render_on_demand=on, fast_reset=on, skip_repeated_forward=on,
+                         **({} if on else {"model_cache_gb": 0}))
 
 def _worker_counts(args) -> list[int]:
     if args.quick and args.max_workers > 1:

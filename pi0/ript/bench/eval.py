@@ -14,10 +14,12 @@ the first setting does not pay alone what only a machine's first LIBERO env pays
 the H200 without it, the first setting (all-off) took 27.6 s to its first step against 8.0 s for the later ones; how
 much of that was the cold machine and how much all-off's own start (it renders every settle step of the first reset:
 17.0 s against 10.7 s on the 2-core CPU, warm) that run could not tell apart.
+The warm-up env also writes the first task's compiled scene to the cache (task.model_cache_gb) if it is not there
+yet, so settings with the cache load it from the first build on.
 
 Settings (`--settings`, in this order; the first is the baseline of the ratios):
-  all-off   render every step, hard reset, robosuite's two forward passes per physics substep, lock-step inference,
-            one worker command per step: how openpi, LeRobot, RIPT-VLA and RLinf step
+  all-off   render every step, hard reset, robosuite's three forward passes per physics substep, every scene
+            compiled, lock-step inference, one worker command per step: how openpi, LeRobot, RIPT-VLA and RLinf step
   defaults  the defaults: render on demand, fast reset, one forward pass per substep, overlapped inference in the
             runner's group schedule, tasks spread over the workers
   task-major  the defaults, but each free worker takes the next request in order (runner.spread_tasks=false), so
@@ -25,6 +27,8 @@ Settings (`--settings`, in this order; the first is the baseline of the ratios):
   per-step  the defaults, but one worker command per env step instead of one per chunk (runner.step_chunks=false)
   robosuite-physics  the defaults, but robosuite's three forward passes per physics substep
             (task.skip_repeated_forward=false)
+  compiled-scenes  the defaults, but every env build compiles its scene instead of loading it from the cache
+            (task.model_cache_gb=0): what the cache saves at the start
   serial    openpi's loop: one env, one call per replan (slow: give it few episodes)
 
     pi0-ript bench eval --size full --device cuda --dtype bfloat16 --compile cuda-graph --workers 14 \\
@@ -42,11 +46,12 @@ from pathlib import Path
 
 SETTINGS = {
     "all-off": ["task.render_on_demand=false", "task.fast_reset=false", "task.skip_repeated_forward=false",
-                "runner.overlap_inference=false", "runner.step_chunks=false"],
+                "task.model_cache_gb=0", "runner.overlap_inference=false", "runner.step_chunks=false"],
     "defaults": [],
     "task-major": ["runner.spread_tasks=false"],
     "per-step": ["runner.step_chunks=false"],
     "robosuite-physics": ["task.skip_repeated_forward=false"],
+    "compiled-scenes": ["task.model_cache_gb=0"],
     "serial": ["features.use_ript_vla_runner=false", "task.num_parallel_envs=1"],
 }
 

@@ -100,8 +100,11 @@ class TaskConfig:
     fast_render: bool = False  # cheaper rendering (no multisampling/reflections); images differ from training
     render_on_demand: bool = True  # render cameras only on steps whose observation the policy reads
     fast_reset: bool = True  # reset without rebuilding the simulation when proven equal to a hard reset
-    # one MuJoCo forward pass per physics substep where robosuite runs two at the same state (bit-identical)
+    # one MuJoCo forward pass per physics substep where robosuite runs three at the same state (bit-identical)
     skip_repeated_forward: bool = True
+    # disk for compiled LIBERO scenes (~0.27 GB each; all libero_spatial tasks share one), under $PI0_RIPT_CACHE or
+    # ~/.cache/pi0-ript: an env build in a fresh process loads its model instead of compiling it; 0: compile every time
+    model_cache_gb: float = 8.0
     emulated_step_ms: float = 0.0  # reach only: sleep per step, emulating a slow simulator's physics (bench); 0: off
     emulated_render_ms: float = 0.0  # reach only: extra sleep per step whose cameras are rendered (bench); 0: off
 
@@ -256,6 +259,7 @@ def validate(cfg: DictConfig) -> None:
     _require(t.max_episode_length is None or t.max_episode_length >= 1, f"task.max_episode_length={t.max_episode_length} must be >= 1 (or null for the suite default)")
     _require(t.image_size >= 16, f"task.image_size={t.image_size} must be >= 16 pixels")
     _require(t.num_wait_steps >= 0, f"task.num_wait_steps={t.num_wait_steps} must be >= 0")
+    _require(t.model_cache_gb >= 0, f"task.model_cache_gb={t.model_cache_gb} must be >= 0 (0: compile every scene, no cache)")
     _require(t.replan_steps >= 1, f"task.replan_steps={t.replan_steps} must be >= 1")
     _require(t.reset_seeding in RESET_SEEDINGS, f"task.reset_seeding={t.reset_seeding!r}: use {', '.join(RESET_SEEDINGS)}")
     _require(cfg.eval.protocol in PROTOCOLS, f"eval.protocol={cfg.eval.protocol!r}: use {', '.join(PROTOCOLS)}")

@@ -34,5 +34,6 @@ def make_env_spec(cfg: DictConfig) -> Any:
         render_on_demand=t.render_on_demand,
         fast_reset=t.fast_reset,
         skip_repeated_forward=t.skip_repeated_forward,
+        model_cache_gb=t.model_cache_gb,
         reset_seeding=t.reset_seeding,
     )

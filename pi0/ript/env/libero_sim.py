@@ -16,6 +16,9 @@ bit for bit, against the plain LIBERO loop (render every step, hard reset every 
 * One forward pass per physics substep (`skip_repeated_forward`): robosuite computes it three times at the same state
   (its env step, the arm controller, `mj_step`); we skip the repeats. See `libero_physics.py`.
 
+And one that does not touch an episode at all: compiled scenes are kept on disk (`model_cache_gb`), so an env built in
+a fresh process loads its MuJoCo model instead of compiling the scene again. See `libero_model_cache.py`.
+
 Where fixtures stand is drawn at each reset from numpy's global RNG; `reset_seeding` says from which state
 (task.reset_seeding, set by eval.protocol): `episode` (pi0-ript's own: a seed per (seed, task, init state), whatever ran
 before), `task_stream` (openpi's: the task's stream seeded once, the k-th reset continuing it, replayed and cached by
@@ -48,6 +51,7 @@ import numpy as np
 from pi0.ript.config.schema import LIBERO_PRO_SUITES, LIBERO_SUITES, RESET_SEEDINGS, TaskConfig
 from pi0.ript.env.libero_registry import _LIBERO_MISSING
 from pi0.ript.env.episode import stream_position_of
+from pi0.ript.env.libero_model_cache import SceneModelCache, scene_models_from
 from pi0.ript.env.libero_physics import RepeatedForwardSkip
 from pi0.ript.env.libero_render import CameraGate, apply_fast_render
 from pi0.ript.env.libero_reset import (
@@ -128,8 +132,10 @@ class LiberoEnvSpec:
     render_on_demand: bool = TaskConfig.render_on_demand
     fast_reset: bool = TaskConfig.fast_reset
     skip_repeated_forward: bool = TaskConfig.skip_repeated_forward
+    model_cache_gb: float = TaskConfig.model_cache_gb  # 0: compile every scene, as LIBERO does
     reset_seeding: str = TaskConfig.reset_seeding  # episode | task_stream | seed_plus_position (see the module doc)
     stream_cache_dir: str = ""  # task_stream: where replayed streams are kept; "": $PI0_RIPT_CACHE or ~/.cache/pi0-ript
+    model_cache_dir: str = ""  # compiled scenes; "": $PI0_RIPT_CACHE/mujoco_models or ~/.cache/pi0-ript/mujoco_models
 
     def __post_init__(self):
         if self.benchmark_name not in SUITES:
@@ -138,6 +144,8 @@ class LiberoEnvSpec:
             raise ValueError(f"image_size must be a positive int, got {self.image_size!r}")
         if not isinstance(self.num_wait_steps, int) or self.num_wait_steps < 0:
             raise ValueError(f"num_wait_steps must be an int >= 0, got {self.num_wait_steps!r}")
+        if isinstance(self.model_cache_gb, bool) or not isinstance(self.model_cache_gb, (int, float)) or self.model_cache_gb < 0:
+            raise ValueError(f"model_cache_gb must be a number >= 0 (0: no cache), got {self.model_cache_gb!r}")
         if self.reset_seeding not in RESET_SEEDINGS:
             raise ValueError(f"reset_seeding={self.reset_seeding!r}: allowed {', '.join(RESET_SEEDINGS)}")
 
@@ -247,6 +255,10 @@ class LiberoSim:
         self._snapshot: ResetSnapshot | None = None
         self._gate: CameraGate | None = None
         self._forward_skip: RepeatedForwardSkip | None = None  # with skip_repeated_forward, on the current sim
+        # Where env builds and hard resets get their MuJoCo model (None: compiled each time, as LIBERO does).
+        self.scene_models = (
+            SceneModelCache(spec.model_cache_dir, int(spec.model_cache_gb * 2**30)) if spec.model_cache_gb > 0 else None
+        )
         self._camera_renders_before = 0  # renders of envs closed on task change, so the count spans the sim's life
         self._frame_renders = 0
         self._n_cameras = 2  # LIBERO's agentview + eye-in-hand; set from the env at build
@@ -270,7 +282,7 @@ class LiberoSim:
         _, _, OffScreenRenderEnv = _import_libero()
         size = self.spec.image_size
         capture = capture_in_constructor() if self.spec.fast_reset else contextlib.nullcontext(ConstructorCapture())
-        with _isolated_global_rng(self.spec.seed), capture as captured:
+        with _isolated_global_rng(self.spec.seed), scene_models_from(self.scene_models), capture as captured:
             self._env = OffScreenRenderEnv(
                 bddl_file_name=self.spec.bddl_file(task_id), camera_heights=size, camera_widths=size
             )
@@ -431,7 +443,8 @@ class LiberoSim:
         if entry is not None:
             np.random.set_state(entry)  # where the harness's reset starts (the hook checks nothing drew before it)
         try:
-            self._env.reset()
+            with scene_models_from(self.scene_models):
+                self._env.reset()
         finally:
             self._pending, self._entry_state = None, None
         if self._hook_error is not None:
@@ -485,7 +498,9 @@ class LiberoSim:
             task_name=self.spec.task_name(task_id),
             hard_reset=hard,
             info={"init_state_index": index, "success": success, "reset_s": time.perf_counter() - t0,
-                  "stream_position": position if self.spec.reset_seeding != "episode" else None},
+                  "stream_position": position if self.spec.reset_seeding != "episode" else None,
+                  # models this sim took from the scene cache or compiled so far (None: task.model_cache_gb=0)
+                  "scene_models": self.scene_models.counts() if self.scene_models is not None else None},
         )
 
     def step(self, action: np.ndarray, want_observation: bool) -> StepResult:
