@@ -110,7 +110,8 @@ def test_the_least_recently_used_scene_goes_when_the_budget_is_spent(tmp_path, m
     assert tiny.counts()["written"] == 0 and not list((tmp_path / "tiny").glob("*.mjb"))
 
 
-def test_an_unreadable_file_is_compiled_over(tmp_path, mesh):
+def test_an_unreadable_file_is_compiled_over(tmp_path, mesh, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs the bad header to MUJOCO_LOG.TXT in the working directory
     xml = _scene(str(mesh))
     cache = SceneModelCache(tmp_path, max_bytes=2**30)
     path = tmp_path / f"{scene_key(xml, mujoco.__version__)}.mjb"
