@@ -3,7 +3,8 @@ task. One task per class of the shipped suites. Last, what a task switch costs i
 for the new task): what runner.spread_tasks saves per switch, and what the constructor's snapshot saves in it (the
 task's first reset the fast way, against the hard first reset LIBERO's own `env.reset()` runs). Then an env worker's
 start in a fresh process, to its first reset's reply, with the scene compiled against loaded from the scene cache
-(task.model_cache_gb), and the worker's memory after that reset.
+(task.model_cache_gb), and the worker's memory after that reset. The lines before compile every scene
+(model_cache_gb=0), as LIBERO does, so they measure the resets alone.
 
     MUJOCO_GL=egl python scripts/reset_times.py [--starts-only]
 """
@@ -55,7 +56,7 @@ if __name__ == "__main__":
     for suite, task, scene in CASES:
         row = []
         for fast in (False, True):
-            sim = LiberoEnvSpec(suite, image_size=64, fast_reset=fast).make()
+            sim = LiberoEnvSpec(suite, image_size=64, fast_reset=fast, model_cache_gb=0).make()
             try:
                 resets = [sim.reset(task, i) for i in range(3)]
             finally:
@@ -64,7 +65,7 @@ if __name__ == "__main__":
             row.append(float(np.mean([r.info["reset_s"] for r in resets[1:]])))
         print(f"{scene:12s} {suite} task {task}: hard {row[0]:.2f} s, fast {row[1]:.2f} s ({row[0] / row[1]:.1f}x)", flush=True)
 
-    sim = LiberoEnvSpec("libero_spatial", image_size=64).make()
+    sim = LiberoEnvSpec("libero_spatial", image_size=64, model_cache_gb=0).make()
     try:
         sim.reset(0, 0)  # the first build also imports and JITs
         switches = {True: [], False: []}  # hard first reset -> reset_s of the switches

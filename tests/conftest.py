@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import psutil
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+# The tests' caches (reset streams, compiled scenes: ~0.2-0.3 GB per scene) live in one directory per test session,
+# removed at its end, not in the user's ~/.cache/pi0-ript; a PI0_RIPT_CACHE already set is kept. Env workers inherit it.
+_SESSION_CACHE = None if os.environ.get("PI0_RIPT_CACHE") else tempfile.mkdtemp(prefix="pi0-ript-test-cache-")
+if _SESSION_CACHE is not None:
+    os.environ["PI0_RIPT_CACHE"] = _SESSION_CACHE
+    atexit.register(shutil.rmtree, _SESSION_CACHE, True)
 
 from pi0.ript.config.schema import load_config  # noqa: E402
 
