@@ -88,7 +88,7 @@ class FeaturesConfig:
 class TaskConfig:
     benchmark_name: str = "libero_spatial"  # one of ALL_SUITES (LIBERO, LIBERO-PRO perturbations, reach)
     task_ids: list[int] = field(default_factory=list)  # empty: every task of the suite
-    num_parallel_envs: int = 2  # worker processes of the parallel runner (~1.9 GB RAM each for LIBERO)
+    num_parallel_envs: int = 2  # worker processes of the parallel runner (LIBERO: 1.1-1.6 GiB RSS each, README)
     max_episode_length: Optional[int] = None  # policy steps; None: the suite's default (DEFAULT_MAX_EPISODE_LENGTH)
     image_size: int = 256  # camera height = width, as openpi's LIBERO setup
     num_wait_steps: int = 10  # no-op steps after setting the init state, so objects settle (not counted as steps)
