@@ -1,7 +1,8 @@
 """The compiled-scene cache (libero_model_cache.py): a model loaded from it equals the compiled one, array for array and
 step for step; its key follows the files the scene names; it keeps to its budget, replaces an unreadable file, never
 waits for another writer; robosuite builds its sims from it only inside `scene_models_from`; and LIBERO env workers in
-real processes load a scene another worker compiled and play the same episode as a worker that compiles."""
+real processes, two starting together on an empty cache, write a scene once, and a worker that loads it plays the same
+episode as a worker that compiles."""
 
 from __future__ import annotations
 
@@ -155,28 +156,35 @@ def _episode(worker, steps: int = 4):
 
 @pytest.mark.libero
 @pytest.mark.timeout(600)
-def test_a_worker_loads_the_scene_another_compiled_and_plays_the_same_episode(tmp_path, no_orphans):
+def test_workers_write_a_scene_once_load_it_and_play_the_same_episode(tmp_path, no_orphans):
     from pi0.ript.env.libero_sim import LiberoEnvSpec
     from pi0.ript.env.worker import EnvWorker
 
     spec = lambda gb: LiberoEnvSpec("libero_spatial", image_size=32, num_wait_steps=2, model_cache_gb=gb,  # noqa: E731
                                     model_cache_dir=str(tmp_path))
-    writer = EnvWorker(0, spec(8.0))
+    # Two workers start on the empty cache together: both compile, exactly one writes the file.
+    writers = [EnvWorker(0, spec(8.0)), EnvWorker(1, spec(8.0))]
     try:
-        reset, compiled = _episode(writer)
+        for worker in writers:
+            worker.wait_started(300)
+        for worker in writers:
+            worker.send("reset", {"task_id": 0, "init_state": 0})
+        resets = [worker.receive() for worker in writers]
     finally:
-        writer.close()
-    assert reset.info["scene_models"] == {"loaded": 0, "compiled": 1, "written": 1}
+        for worker in writers:
+            worker.close()
+    assert [r.info["scene_models"]["compiled"] for r in resets] == [1, 1]
+    assert sum(r.info["scene_models"]["written"] for r in resets) == 1
+    assert len(list(tmp_path.glob("*.mjb"))) == 1 and not list(tmp_path.glob("*.tmp"))
 
-    reader, plain = EnvWorker(1, spec(8.0)), EnvWorker(2, spec(0))
+    reader, plain = EnvWorker(2, spec(8.0)), EnvWorker(3, spec(0))
     try:
-        (reset, loaded), (plain_reset, uncached) = _episode(reader), _episode(plain)
+        (reset, loaded), (plain_reset, compiled) = _episode(reader), _episode(plain)
     finally:
         reader.close()
         plain.close()
     assert reset.info["scene_models"] == {"loaded": 1, "compiled": 0, "written": 0}
     assert plain_reset.info["scene_models"] is None
-    for a, b, c in zip(compiled, loaded, uncached):
+    for a, b in zip(loaded, compiled):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-            np.testing.assert_array_equal(a[key], c[key], err_msg=key)
