@@ -3,10 +3,11 @@ task. One task per class of the shipped suites. Last, what a task switch costs i
 for the new task): what runner.spread_tasks saves per switch, and what the constructor's snapshot saves in it (the
 task's first reset the fast way, against the hard first reset LIBERO's own `env.reset()` runs). Then an env worker's
 start in a fresh process, to its first reset's reply, with the scene compiled against loaded from the scene cache
-(task.model_cache_gb), and the worker's memory after that reset. The lines before compile every scene
-(model_cache_gb=0), as LIBERO does, so they measure the resets alone.
+(task.model_cache_gb), and the worker's memory after that reset. Last, one worker taking five libero_object tasks
+in turn (five scenes), its memory after each and the time for the five, scenes loaded against compiled. The lines
+before the last two compile every scene (model_cache_gb=0), as LIBERO does, so they measure the resets alone.
 
-    MUJOCO_GL=egl python scripts/reset_times.py [--starts-only]
+    MUJOCO_GL=egl python scripts/reset_times.py [--caches-only]
 """
 
 import sys
@@ -49,9 +50,34 @@ def fresh_process_starts(rounds: int = 3) -> None:
           flush=True)
 
 
+def task_switch_memory(tasks: int = 5) -> None:
+    from pi0.ript.env.worker import RESET, STATS, EnvWorker
+
+    with tempfile.TemporaryDirectory() as cache_dir:
+        rows = {}
+        for label, gb in (("filling the cache", 8.0), ("loaded", 8.0), ("compiled", 0)):
+            worker = EnvWorker(0, LiberoEnvSpec("libero_object", image_size=64, model_cache_gb=gb, model_cache_dir=cache_dir))
+            try:
+                worker.wait_started(600)
+                start, rss = time.perf_counter(), []
+                for task in range(tasks):
+                    reset = worker.call(RESET, {"task_id": task, "init_state": 0}, timeout=600)
+                    rss.append(worker.call(STATS, timeout=60)["rss_bytes"] / 2**30)
+                rows[label] = (time.perf_counter() - start, rss, reset.info["scene_models"])
+            finally:
+                worker.close()
+    assert rows["loaded"][2] == {"loaded": tasks, "compiled": 0, "written": 0}, rows["loaded"][2]
+    (loaded_s, loaded_rss, _), (compiled_s, compiled_rss, _) = rows["loaded"], rows["compiled"]
+    print(f"one worker through libero_object tasks 0-{tasks - 1} (a scene each): {loaded_s:.1f} s with the scenes loaded, "
+          f"{compiled_s:.1f} s compiled ({compiled_s / loaded_s:.2f}x); memory after each task "
+          f"{', '.join(f'{r:.2f}' for r in loaded_rss)} GiB loaded, {', '.join(f'{r:.2f}' for r in compiled_rss)} GiB compiled",
+          flush=True)
+
+
 if __name__ == "__main__":
-    if "--starts-only" in sys.argv:
+    if "--caches-only" in sys.argv:
         fresh_process_starts()
+        task_switch_memory()
         sys.exit()
     for suite, task, scene in CASES:
         row = []
@@ -79,3 +105,4 @@ if __name__ == "__main__":
           f"{hard_s:.2f} s with a hard first reset ({hard_s / fast_s:.2f}x); a fast reset of the same task: "
           f"{np.mean(fast):.2f} s", flush=True)
     fresh_process_starts()
+    task_switch_memory()
