@@ -50,6 +50,11 @@ def test_gpu_check_dry_run(tmp_path):
         assert 0 < row["seconds_to_first_step"] < row["wall_seconds"]
         assert row["env_steps_per_second_after_first_step"] > row["env_steps_per_second"]
         assert row["task_loads"] == 1  # one worker, one task
+    # Where the workers' MuJoCo models came from: the machine warm-up wrote the scene, so the settings with the cache
+    # load it; all-off compiles at the build and again at its hard first reset.
+    assert {r["setting"]: r["scene_models"] for r in evaluation["results"]} == {
+        "all-off": {"loaded": 0, "compiled": 2}, "robosuite-physics": {"loaded": 1, "compiled": 0},
+        "compiled-scenes": {"loaded": 0, "compiled": 1}, "defaults": {"loaded": 1, "compiled": 0}}
     compiled = json.loads((out / "bench_eval_compiled.json").read_text())
     assert [r["setting"] for r in compiled["results"]] == ["defaults"] and compiled["results"][0]["env_steps"] == 6
     quick = json.loads((out / "bench_runner_quick.json").read_text())

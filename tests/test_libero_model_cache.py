@@ -184,7 +184,7 @@ def test_workers_write_a_scene_once_load_it_and_play_the_same_episode(tmp_path, 
         reader.close()
         plain.close()
     assert reset.info["scene_models"] == {"loaded": 1, "compiled": 0, "written": 0}
-    assert plain_reset.info["scene_models"] is None
+    assert plain_reset.info["scene_models"] == {"loaded": 0, "compiled": 1, "written": 0}
     for a, b in zip(loaded, compiled):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)

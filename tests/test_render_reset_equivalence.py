@@ -30,13 +30,16 @@ def _run(suite: str, task_id: int, features: str):
     with PI0LiberoRunner(POLICY, config=cfg) as runner:
         episodes = sorted(runner.run_episodes(requests), key=lambda e: e.request_id)
         renders = runner.start_workers()[0].call("render_count", timeout=60)
-    return episodes, renders
+        scene_models = runner.stats.scene_models
+    return episodes, renders, scene_models
 
 
 @pytest.mark.parametrize("suite, task_id", [("libero_spatial", 0), ("libero_goal", 5)])
 def test_features_on_and_off_give_identical_episodes(suite, task_id, no_orphans):
-    on, renders_on = _run(suite, task_id, "true")
-    off, _ = _run(suite, task_id, "false")
+    on, renders_on, scenes_on = _run(suite, task_id, "true")
+    off, _, scenes_off = _run(suite, task_id, "false")
+    assert sum(scenes_on.values()) == 1  # one env build, loaded or (the first time) compiled, then fast resets
+    assert scenes_off == {"loaded": 0, "compiled": 4}  # the build and three hard resets
     assert [e.hard_reset for e in on] == [False, False, False]  # the fast path really ran, the first episode's too
     assert all(e.hard_reset for e in off)
     for a, b in zip(on, off):

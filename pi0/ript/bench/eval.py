@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds_to_first_step": stats["seconds_to_first_step"],
                 "env_steps_per_second_after_first_step": stats["env_steps_per_second_after_first_step"],
                 "episodes_per_hour": 3600 * stats["episodes"] / wall if wall > 0 else 0.0,
-                "inference_calls": stats["inference_calls"], "task_loads": stats["task_loads"], "mean_batch_size": stats["mean_batch_size"],
+                "inference_calls": stats["inference_calls"], "task_loads": stats["task_loads"], "scene_models": stats["scene_models"],
+                "mean_batch_size": stats["mean_batch_size"],
                 "model_busy_seconds": stats["seconds"]["inference"], "env_seconds": stats["env_seconds"],
                 "seconds_model_idle_with_waiters": stats["seconds_model_idle_with_waiters"], "schedule": stats["schedule"],
                 "success_rate": results["success_rate"],
@@ -175,24 +176,29 @@ def warm_up_machine(spec, task_id: int) -> float:
     return time.perf_counter() - start
 
 
+def _scenes(row: dict) -> str:
+    """The run's env builds and hard resets by where their MuJoCo model came from: the scene cache / a compile."""
+    return f"{row['scene_models']['loaded']}/{row['scene_models']['compiled']}"
+
+
 def format_row(row: dict, base: dict) -> str:
     return (f"{row['setting']}: {row['env_steps_per_second']:.1f} env-steps/s "
             f"({row['env_steps_per_second'] / max(base['env_steps_per_second'], 1e-9):.2f}x {base['setting']}; "
             f"{row['env_steps_per_second_after_first_step']:.1f} after the first step at {row['seconds_to_first_step'] or 0:.1f} s), "
-            f"{row['episodes_per_hour']:.0f} episodes/h, {row['task_loads']} task loads, {row['inference_calls']} calls, mean batch {row['mean_batch_size']:.1f}, "
+            f"{row['episodes_per_hour']:.0f} episodes/h, {row['task_loads']} task loads (scenes loaded/compiled {_scenes(row)}), {row['inference_calls']} calls, mean batch {row['mean_batch_size']:.1f}, "
             f"model busy {row['model_busy_seconds']:.1f} of {row['wall_seconds']:.1f} s, env waits {row['env_seconds']}")
 
 
 def format_table(rows: list[dict]) -> str:
     base = rows[0]
     lines = [f"{'setting':>10} {'env-steps/s':>12} {'x ' + base['setting']:>10} {'after start':>12} {'x':>6} {'start s':>8} "
-             f"{'episodes/h':>11} {'loads':>6} {'calls':>6} {'batch':>6} {'model busy s':>13} {'wall s':>7} {'k':>3}"]
+             f"{'episodes/h':>11} {'loads':>6} {'scenes l/c':>10} {'calls':>6} {'batch':>6} {'model busy s':>13} {'wall s':>7} {'k':>3}"]
     steady = lambda r: r["env_steps_per_second_after_first_step"]  # noqa: E731
     for r in rows:
         lines.append(
             f"{r['setting']:>10} {r['env_steps_per_second']:>12.1f} {r['env_steps_per_second'] / max(base['env_steps_per_second'], 1e-9):>10.2f} "
             f"{steady(r):>12.1f} {steady(r) / max(steady(base), 1e-9):>6.2f} {r['seconds_to_first_step'] or 0:>8.1f} "
-            f"{r['episodes_per_hour']:>11.0f} {r['task_loads']:>6} {r['inference_calls']:>6} {r['mean_batch_size']:>6.1f} "
+            f"{r['episodes_per_hour']:>11.0f} {r['task_loads']:>6} {_scenes(r):>10} {r['inference_calls']:>6} {r['mean_batch_size']:>6.1f} "
             f"{r['model_busy_seconds']:>13.1f} {r['wall_seconds']:>7.1f} {str(r['schedule'].get('groups', '-')):>3}"
         )
     return "\n".join(lines)

@@ -58,8 +58,8 @@ def scene_key(xml: str, mujoco_version: str) -> str | None:
 
 class SceneModelCache:
     """Compiled scene models under `directory` (default `$PI0_RIPT_CACHE/mujoco_models`, else
-    `~/.cache/pi0-ript/mujoco_models`), at most `max_bytes` of them. Counts what it did in `loaded`, `compiled` and
-    `written`."""
+    `~/.cache/pi0-ript/mujoco_models`), at most `max_bytes` of them; with `max_bytes` 0 it neither reads nor writes and
+    only compiles, exactly as robosuite does. Counts what it did in `loaded`, `compiled` and `written`."""
 
     def __init__(self, directory: str | Path = "", max_bytes: int = 0):
         self.directory = Path(directory or default_cache_dir())
@@ -73,7 +73,7 @@ class SceneModelCache:
         """The `mujoco.MjModel` of a scene XML: loaded from the cache when there, else compiled (and written)."""
         import mujoco
 
-        key = scene_key(xml, mujoco.__version__)
+        key = scene_key(xml, mujoco.__version__) if self.max_bytes > 0 else None
         if key is None:
             self.compiled += 1
             return mujoco.MjModel.from_xml_string(xml)
@@ -97,8 +97,6 @@ class SceneModelCache:
     def _write(self, model: Any, path: Path) -> None:
         import mujoco
 
-        if self.max_bytes <= 0:
-            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path.with_suffix(".lock"), "w") as lock:
@@ -141,12 +139,10 @@ class SceneModelCache:
 
 
 @contextlib.contextmanager
-def scene_models_from(cache: SceneModelCache | None) -> Iterator[None]:
+def scene_models_from(cache: SceneModelCache) -> Iterator[None]:
     """Within the block, robosuite builds every env's simulation from `cache` (construction and hard resets alike).
-    robosuite makes its `MjSim` through the `MjSim.from_xml_string` class method only; it is swapped for the block."""
-    if cache is None:
-        yield
-        return
+    robosuite makes its `MjSim` through the `MjSim.from_xml_string` class method only (which compiles the XML and
+    wraps the model); it is swapped for the block."""
     from robosuite.utils.binding_utils import MjSim
 
     original = MjSim.__dict__["from_xml_string"]

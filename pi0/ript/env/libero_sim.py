@@ -255,10 +255,8 @@ class LiberoSim:
         self._snapshot: ResetSnapshot | None = None
         self._gate: CameraGate | None = None
         self._forward_skip: RepeatedForwardSkip | None = None  # with skip_repeated_forward, on the current sim
-        # Where env builds and hard resets get their MuJoCo model (None: compiled each time, as LIBERO does).
-        self.scene_models = (
-            SceneModelCache(spec.model_cache_dir, int(spec.model_cache_gb * 2**30)) if spec.model_cache_gb > 0 else None
-        )
+        # Where env builds and hard resets get their MuJoCo model (model_cache_gb=0: compiled each time, as LIBERO does).
+        self.scene_models = SceneModelCache(spec.model_cache_dir, int(spec.model_cache_gb * 2**30))
         self._camera_renders_before = 0  # renders of envs closed on task change, so the count spans the sim's life
         self._frame_renders = 0
         self._n_cameras = 2  # LIBERO's agentview + eye-in-hand; set from the env at build
@@ -471,6 +469,7 @@ class LiberoSim:
         return self._forward_skip.stepping() if self._forward_skip is not None else contextlib.nullcontext()
 
     def _reset(self, task_id, state, index, position, force_hard_reset, t0) -> ResetResult:
+        scene_models_before = self.scene_models.counts()
         if self._env is None or task_id != self._task_id:
             self._build(task_id)
         on_demand = self.spec.render_on_demand
@@ -499,8 +498,8 @@ class LiberoSim:
             hard_reset=hard,
             info={"init_state_index": index, "success": success, "reset_s": time.perf_counter() - t0,
                   "stream_position": position if self.spec.reset_seeding != "episode" else None,
-                  # models this sim took from the scene cache or compiled so far (None: task.model_cache_gb=0)
-                  "scene_models": self.scene_models.counts() if self.scene_models is not None else None},
+                  # MuJoCo models this reset loaded from the scene cache, compiled, and wrote to it
+                  "scene_models": {k: v - scene_models_before[k] for k, v in self.scene_models.counts().items()}},
         )
 
     def step(self, action: np.ndarray, want_observation: bool) -> StepResult:

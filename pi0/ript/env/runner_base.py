@@ -34,6 +34,8 @@ class RunnerStats:
         self.inference_samples = 0
         self.worker_restarts = 0
         self.task_loads = 0  # resets that load a task the env's simulation did not hold (a LIBERO env build)
+        # MuJoCo models the envs' resets took from the compiled-scene cache or compiled (task.model_cache_gb)
+        self.scene_models = {"loaded": 0, "compiled": 0}
         # stepping_envs: the parallel runner's main thread waiting for worker replies; the serial runner stepping its
         # env in-process.
         # policy_warmup: the parallel runner's warm-up of the policy (compiling or capturing its batch buckets), in the
@@ -66,6 +68,7 @@ class RunnerStats:
             "mean_batch_size": self.inference_samples / max(self.inference_calls, 1),
             "worker_restarts": self.worker_restarts,
             "task_loads": self.task_loads,
+            "scene_models": dict(self.scene_models),
             "wall_seconds": wall,
             "env_steps_per_second": self.env_steps / wall if wall > 0 else 0.0,
             # Start-up (worker processes, env builds, first resets) apart: the rate a longer run tends to.
@@ -205,6 +208,9 @@ class RunnerBase:
         return [dataclasses.replace(request, request_id=i) for i, request in enumerate(requests)]
 
     def _new_episode(self, request: EpisodeRequest, reset, want_frames: bool, restarts: int, label: str) -> EpisodeInProgress:
+        for source, count in (reset.info.get("scene_models") or {}).items():
+            if source in self.stats.scene_models:
+                self.stats.scene_models[source] += count
         return EpisodeInProgress(request, reset, self.replan_steps, self.max_steps, want_frames, restarts, label)
 
     def _infer(self, episodes: list[EpisodeInProgress]) -> None:
