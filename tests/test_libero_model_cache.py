@@ -1,8 +1,8 @@
-"""The compiled-scene cache (libero_model_cache.py): a model loaded from it equals the compiled one, array for array and
-step for step; its key follows the files the scene names; it keeps to its budget, replaces an unreadable file, never
-waits for another writer; robosuite builds its sims from it only inside `scene_models_from`; and LIBERO env workers in
-real processes, two starting together on an empty cache, write a scene once, and a worker that loads it plays the same
-episode as a worker that compiles."""
+"""The compiled-scene cache (libero_model_cache.py): a model loaded from it equals the compiled one, array for array
+and step for step, for a small scene and for every LIBERO scene class; its key follows the files the scene names;
+it keeps to its budget, replaces an unreadable file, never waits for another writer; robosuite builds its sims from
+it only inside `scene_models_from`; and LIBERO env workers in real processes, two starting together on an empty
+cache, write a scene once, and a worker that loads it plays the same episode as a worker that compiles."""
 
 from __future__ import annotations
 
@@ -145,6 +145,52 @@ def test_robosuite_builds_its_sims_from_the_cache_inside_the_block_only(tmp_path
     assert binding_utils.MjSim.__dict__["from_xml_string"] is original
     binding_utils.MjSim.from_xml_string(xml)
     assert cache.counts()["loaded"] == 1
+
+
+class _SceneXML(Exception):
+    """Raised in place of robosuite's compile to carry the scene XML out of an env constructor."""
+
+
+def _scene_xml(suite: str, task_id: int) -> str:
+    """The XML a LIBERO task's env would compile: the constructor runs up to the compile, then stops."""
+    binding_utils = pytest.importorskip("robosuite.utils.binding_utils")
+    from pi0.ript.env.libero_sim import LiberoEnvSpec, _import_libero
+
+    def stop(cls, xml):
+        raise _SceneXML(xml)
+
+    original = binding_utils.MjSim.__dict__["from_xml_string"]
+    binding_utils.MjSim.from_xml_string = classmethod(stop)
+    try:
+        _import_libero()[2](bddl_file_name=LiberoEnvSpec(suite).bddl_file(task_id), camera_heights=32, camera_widths=32)
+    except _SceneXML as scene:
+        return scene.args[0]
+    finally:
+        binding_utils.MjSim.from_xml_string = original
+    raise AssertionError(f"{suite} task {task_id}: the env never compiled a scene")
+
+
+# One task per LIBERO problem class the shipped suites use (as tests/test_libero_sim.py).
+SCENE_CLASSES = [("libero_spatial", 4), ("libero_goal", 5), ("libero_object", 0), ("libero_10", 3), ("libero_10", 0),
+                 ("libero_10", 5)]
+
+
+@pytest.mark.libero
+@pytest.mark.parametrize("suite, task_id", SCENE_CLASSES, ids=[f"{s}-{t}" for s, t in SCENE_CLASSES])
+def test_every_scene_class_loads_the_model_it_compiled(tmp_path, monkeypatch, suite, task_id):
+    """Model arrays and a rollout, compiled against loaded, for each scene class (episodes for libero_spatial below)."""
+    monkeypatch.chdir(tmp_path)
+    xml = _scene_xml(suite, task_id)
+    assert scene_key(xml, mujoco.__version__) is not None  # LIBERO names its assets by absolute paths: cacheable
+    compiled = SceneModelCache(tmp_path, max_bytes=2**33).model(xml)
+    reader = SceneModelCache(tmp_path, max_bytes=2**33)
+    loaded = reader.model(xml)
+    assert reader.counts() == {"loaded": 1, "compiled": 0, "written": 0}
+    a, b = _arrays(compiled), _arrays(loaded)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    np.testing.assert_array_equal(_rollout(compiled, 100), _rollout(loaded, 100))
 
 
 def _episode(worker, steps: int = 4):

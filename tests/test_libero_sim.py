@@ -1,12 +1,13 @@
 """LiberoSim on real LIBERO: render on demand, fast reset and the single forward pass change no episode, bit for bit.
 
 Each equivalence test runs the same episodes twice in one process, one env at a time: once the plain LIBERO way
-(render every step, hard reset every episode, robosuite's three forward passes per physics substep) and once with the
-features on, with a fixed pseudo-random action sequence per episode, several episodes in a row in one env, revisiting
-an init state. One task per LIBERO problem class the shipped suites use (libero_reset.VERIFIED_ENV_CLASSES), with
-tasks whose bddl sets an articulated object's state (a cabinet drawer open, ...): LIBERO adds one more property
-sampler per hard reset, whose count the sim sets at every reset (both paths alike), so that scenes do not depend on
-the env's history. Small images and short horizons keep it about a minute per task on a 2-core CPU.
+(render every step, hard reset every episode, robosuite's three forward passes per physics substep, every scene
+compiled) and once with the features on, with a fixed pseudo-random action sequence per episode, several episodes in a
+row in one env, revisiting an init state. One task per LIBERO problem class the shipped suites use
+(libero_reset.VERIFIED_ENV_CLASSES), with tasks whose bddl sets an articulated object's state (a cabinet drawer open,
+...): LIBERO adds one more property sampler per hard reset, whose count the sim sets at every reset (both paths
+alike), so that scenes do not depend on the env's history. Small images and short horizons keep it about a minute per
+task on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def test_every_verified_class_has_a_case():
 
 @pytest.mark.parametrize("suite,task_id,env_class,samplers", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
 def test_features_on_equal_features_off_bit_for_bit(suite, task_id, env_class, samplers):
-    plain_spec = LiberoEnvSpec(suite, image_size=IMAGE, render_on_demand=False, fast_reset=False, skip_repeated_forward=False)
+    plain_spec = LiberoEnvSpec(suite, image_size=IMAGE, render_on_demand=False, fast_reset=False, skip_repeated_forward=False,
+                               model_cache_gb=0)  # stock LIBERO: every scene compiled
     fast_spec = LiberoEnvSpec(suite, image_size=IMAGE, render_on_demand=True, fast_reset=True, skip_repeated_forward=True)
     plain, _, _, cls, _ = _run(plain_spec, task_id)
     fast, renders, camera_renders, _, (substeps_without_skip, whole_mj_steps) = _run(fast_spec, task_id)
