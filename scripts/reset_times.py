@@ -13,6 +13,7 @@ before the last two compile every scene (model_cache_gb=0), as LIBERO does, so t
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -42,12 +43,15 @@ def fresh_process_starts(rounds: int = 3) -> None:
                     seconds[gb].append(elapsed)
                     rss[gb].append(memory)
                     sources.append((gb, reset.info["scene_models"]))
+        (scene_file,) = Path(cache_dir).glob("*.mjb")
+        scene_gb = scene_file.stat().st_size / 1e9
     assert all(s == ({"loaded": 1, "compiled": 0, "written": 0} if gb else {"loaded": 0, "compiled": 1, "written": 0})
                for gb, s in sources), sources
     compiled, loaded = np.median(seconds[0]), np.median(seconds[8.0])
     print(f"env worker start in a fresh process, libero_spatial task 0, to the first reset's reply (median of {rounds}): "
           f"{loaded:.2f} s with the scene loaded from the cache, {compiled:.2f} s compiled ({compiled / loaded:.2f}x); "
-          f"worker memory after it {np.median(rss[8.0]) / 2**30:.2f} GiB against {np.median(rss[0]) / 2**30:.2f} GiB",
+          f"worker memory after it {np.median(rss[8.0]) / 2**30:.2f} GiB against {np.median(rss[0]) / 2**30:.2f} GiB; "
+          f"the scene's file {scene_gb:.2f} GB",
           flush=True)
 
 
@@ -68,12 +72,13 @@ def task_switch_memory(tasks: int = 5) -> None:
                 rows[label] = (time.perf_counter() - start, rss, loaded)
             finally:
                 worker.close()
+        sizes = sorted(path.stat().st_size / 1e9 for path in Path(cache_dir).glob("*.mjb"))
     assert rows["loaded"][2] == tasks and rows["compiled"][2] == 0, rows
     (loaded_s, loaded_rss, _), (compiled_s, compiled_rss, _) = rows["loaded"], rows["compiled"]
     print(f"one worker through libero_object tasks 0-{tasks - 1} (a scene each): {loaded_s:.1f} s with the scenes loaded, "
           f"{compiled_s:.1f} s compiled ({compiled_s / loaded_s:.2f}x); memory after each task "
-          f"{', '.join(f'{r:.2f}' for r in loaded_rss)} GiB loaded, {', '.join(f'{r:.2f}' for r in compiled_rss)} GiB compiled",
-          flush=True)
+          f"{', '.join(f'{r:.2f}' for r in loaded_rss)} GiB loaded, {', '.join(f'{r:.2f}' for r in compiled_rss)} GiB compiled; "
+          f"the scenes' files {sizes[0]:.2f}-{sizes[-1]:.2f} GB", flush=True)
 
 
 if __name__ == "__main__":

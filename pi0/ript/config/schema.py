@@ -102,8 +102,8 @@ class TaskConfig:
     fast_reset: bool = True  # reset without rebuilding the simulation when proven equal to a hard reset
     # one MuJoCo forward pass per physics substep where robosuite runs three at the same state (bit-identical)
     skip_repeated_forward: bool = True
-    # disk for compiled LIBERO scenes (~0.27 GB each; all libero_spatial tasks share one), under $PI0_RIPT_CACHE or
-    # ~/.cache/pi0-ript: an env build in a fresh process loads its model instead of compiling it; 0: compile every time
+    # disk for compiled LIBERO scenes (0.25-0.27 GB each, README; tasks with one scene share a file), under
+    # $PI0_RIPT_CACHE or ~/.cache/pi0-ript: a fresh process's env build loads its model, not compiles it; 0: compile all
     model_cache_gb: float = 8.0
     emulated_step_ms: float = 0.0  # reach only: sleep per step, emulating a slow simulator's physics (bench); 0: off
     emulated_render_ms: float = 0.0  # reach only: extra sleep per step whose cameras are rendered (bench); 0: off

@@ -1,10 +1,10 @@
 """Compiled LIBERO scenes kept on disk in MuJoCo's own binary model format (MJB): an env built in a fresh process
 loads its scene's model instead of compiling the scene's XML again.
 
-Why: a fresh process compiles a libero_spatial scene in 2.7-3.4 s on the 2-core sandbox (MuJoCo decodes ~190 MB of
-textures and processes ~700 k mesh vertices; a second compile in the same process takes 0.4-0.8 s, from MuJoCo's
-in-process asset cache), and loading the same model from its MJB file takes 0.4 s. Every env worker starts in a fresh
-process, and so does every worker replaced after a crash. All ten libero_spatial tasks compile the same XML (the
+Why: compiling a LIBERO scene is slow in a fresh process, where MuJoCo decodes all of the scene's textures and meshes
+(a second compile in the same process reuses its in-process asset cache), and loading the compiled model is fast: a
+fresh worker's start takes 1.50-1.66x as long compiling as loading (scripts/reset_times.py, docs/PERFORMANCE.md). Every
+env worker starts in a fresh process, and so does every worker replaced after a crash. All ten libero_spatial tasks compile the same XML (the
 tasks differ in their goal and init states, not in the scene), so one file serves a whole suite.
 
 Episodes do not change: MJB is MuJoCo's serialisation of `mjModel`, and every array of a loaded model equals the
@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from pi0.ript.env.reset_stream import CACHE_ENV_VAR
+from pi0.ript.env.reset_stream import cache_root
 
 FORMAT_VERSION = 1
 # Attributes through which an MJCF file names another file: mesh/texture/hfield/skin `file`, and a cube texture's six.
@@ -38,7 +38,7 @@ _FILE_ATTRIBUTE = re.compile(r'\bfile(?:right|left|up|down|front|back)?="([^"]*)
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "pi0-ript") / "mujoco_models"
+    return cache_root() / "mujoco_models"
 
 
 def scene_key(xml: str, mujoco_version: str) -> str | None:

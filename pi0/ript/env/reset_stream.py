@@ -48,8 +48,13 @@ def same_state(a: RngState, b: RngState) -> bool:
     return a[0] == b[0] and np.array_equal(a[1], b[1]) and a[2:] == b[2:]
 
 
+def cache_root() -> Path:
+    """Where pi0-ript keeps what it can rebuild (reset streams, compiled scenes): $PI0_RIPT_CACHE, else ~/.cache/pi0-ript."""
+    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "pi0-ript")
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "pi0-ript") / "reset_streams"
+    return cache_root() / "reset_streams"
 
 
 def _version(name: str) -> str | None:
