@@ -1,6 +1,7 @@
 """`pi0-ript` console script: eval | train | bench.
 
     pi0-ript eval  --config pi0/ript/config/ript_vla_test.yaml [--robustness] [key=value ...]
+    torchrun --nproc_per_node N -m pi0.ript.cli eval ...     (one GPU per process, the episodes shared)
     pi0-ript train --config pi0/ript/config/learning_demo.yaml [--resume] [key=value ...]
     pi0-ript bench [runner|model|train|eval] [options]
 
@@ -98,9 +99,14 @@ def main(argv: list[str] | None = None) -> int:
             return bench_main(bench_args) or 0
         cfg = load_config(_config_path(args.config), args.overrides)
         if args.command == "eval":
+            from pi0.ript.eval_ranks import EvalRanks
             from pi0.ript.evaluate import run_eval, run_robustness
 
-            (run_robustness if args.robustness else run_eval)(cfg)
+            ranks = EvalRanks.from_environment()  # under torchrun: this process's share of the episodes and its GPU
+            try:
+                (run_robustness if args.robustness else run_eval)(cfg, ranks)
+            finally:
+                ranks.close()
         else:
             from pi0.ript.algo.trainer import train
 

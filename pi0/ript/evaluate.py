@@ -45,6 +45,7 @@ from pi0.ript.config.schema import (
 )
 from pi0.ript.env import create_env_runner
 from pi0.ript.env.episode import Episode, EpisodeRequest
+from pi0.ript.eval_ranks import EpisodeLog, EvalRanks, merged_runner_stats
 from pi0.ript.policy.loading import load_policy
 
 log = logging.getLogger(__name__)
@@ -258,21 +259,32 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_eval(cfg: DictConfig, rank: int = 0, world_size: int = 1, loaded_policy: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """One suite into eval.output_dir. `loaded_policy`: (policy, description) from load_policy, to share across runs."""
+def _load_policy_for(cfg: DictConfig, ranks: EvalRanks) -> tuple[Any, dict[str, Any]]:
+    """The policy on this rank's device (under torchrun each rank takes its own GPU)."""
+    if ranks.world_size == 1:
+        return load_policy(cfg)
+    rank_cfg = cfg.copy()
+    rank_cfg.policy.device = ranks.policy_device(cfg.policy.device)
+    return load_policy(rank_cfg)
+
+
+def run_eval(cfg: DictConfig, ranks: EvalRanks | None = None, loaded_policy: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One suite into eval.output_dir. `ranks`: the processes sharing the episodes (one by default; see
+    pi0.ript.eval_ranks). `loaded_policy`: (policy, description) from load_policy, to share across runs."""
+    ranks = ranks or EvalRanks()
     cfg = apply_debug_mode(cfg)
     output_dir = Path(cfg.eval.output_dir)
     if (output_dir / "results.json").exists() and not (output_dir / "protocol.json").exists():
         raise ConfigError(f"eval.output_dir={str(output_dir)!r} holds a --robustness run: use a new eval.output_dir")
     output_dir.mkdir(parents=True, exist_ok=True)
-    policy, policy_description = loaded_policy if loaded_policy is not None else load_policy(cfg)
-    runner = create_env_runner(cfg, policy, rank=rank, world_size=world_size)
+    policy, policy_description = loaded_policy if loaded_policy is not None else _load_policy_for(cfg, ranks)
+    runner = create_env_runner(cfg, policy)  # every task: ranks share the episodes, not the tasks
     try:
         protocol = evaluation_protocol(cfg, runner, policy_description)
         protocol_path = output_dir / "protocol.json"
         episodes_path = output_dir / "episodes.jsonl"
         finished = _load_finished(episodes_path)
-        _check_resumable(protocol_path, protocol, len(finished))
+        _check_resumable(protocol_path, protocol, len(finished))  # every rank: the same verdict, the same one line
         for task_id in runner.task_ids:
             available = runner.env_spec.num_init_states(task_id)
             if protocol["init_state_indices"][-1] >= available:
@@ -280,22 +292,24 @@ def run_eval(cfg: DictConfig, rank: int = 0, world_size: int = 1, loaded_policy:
                     f"eval.init_state_offset + eval.episodes_per_task = {protocol['init_state_indices'][-1] + 1} exceeds the "
                     f"{available} init states of task {task_id}: lower one of them"
                 )
-        _write_json_atomically(protocol_path, protocol)
+        ranks.wait_for_all()  # every rank has checked the directory and read what is finished; now anyone may write
+        if ranks.is_main:
+            _write_json_atomically(protocol_path, protocol)
         requests = [
             EpisodeRequest(task_id=task_id, init_state=index)
             for task_id in runner.task_ids
             for index in protocol["init_state_indices"]
             if (task_id, index) not in finished
         ]
-        if finished:
+        if finished and ranks.is_main:
             log.info("resuming: %d episodes already in %s, %d to run", len(finished), episodes_path, len(requests))
-        progress = tqdm(total=len(requests), desc="eval episodes", unit="ep", disable=not requests)
-        with open(episodes_path, "a") as stream:
-            for episode in runner.run_episodes(requests, want_frames=cfg.eval.save_videos):
+        mine = ranks.share(requests)
+        shared = f" (rank 0's share; {ranks.world_size} ranks)" if ranks.world_size > 1 else ""
+        progress = tqdm(total=len(mine), desc="eval episodes" + shared, unit="ep", disable=not mine or not ranks.is_main)
+        with EpisodeLog(episodes_path) as episode_log:
+            for episode in runner.run_episodes(mine, want_frames=cfg.eval.save_videos):
                 record = episode.summary()
-                stream.write(json.dumps(record) + "\n")
-                stream.flush()
-                os.fsync(stream.fileno())  # an episode on disk survives a crash or Ctrl-C one line later
+                episode_log.append(record)  # an episode on disk survives a crash or Ctrl-C one line later
                 finished[(record["task_id"], record["init_state_index"])] = record
                 if cfg.eval.save_videos:
                     _save_video(episode, output_dir / "videos", cfg.eval.video_fps,
@@ -303,15 +317,19 @@ def run_eval(cfg: DictConfig, rank: int = 0, world_size: int = 1, loaded_policy:
                 progress.update(1)
                 progress.set_postfix(success=f"{sum(r['success'] for r in finished.values())}/{len(finished)}")
         progress.close()
+        runner_stats = merged_runner_stats(ranks.gather(runner.stats.as_dict()))  # also: every rank is done
+        if ranks.world_size > 1:
+            finished = _load_finished(episodes_path)  # every rank's episodes
         records = [finished[key] for key in sorted(finished) if key[0] in runner.task_ids]
         summary = summarize(records, list(runner.task_ids))
-        results = {"protocol": protocol, "config": to_container(cfg), **summary, "runner_stats": runner.stats.as_dict()}
-        _write_json_atomically(output_dir / "results.json", results)
-        plot_success(summary, output_dir / "success.png", cfg.task.benchmark_name)
-        print(format_table(summary))
-        if policy_description["kind"] == "small":
-            print("note: the small built-in policy has random weights; its success rate means nothing (no checkpoint was given)")
-        print(f"results: {output_dir / 'results.json'}")
+        results = {"protocol": protocol, "config": to_container(cfg), **summary, "runner_stats": runner_stats}
+        if ranks.is_main:
+            _write_json_atomically(output_dir / "results.json", results)
+            plot_success(summary, output_dir / "success.png", cfg.task.benchmark_name)
+            print(format_table(summary))
+            if policy_description["kind"] == "small":
+                print("note: the small built-in policy has random weights; its success rate means nothing (no checkpoint was given)")
+            print(f"results: {output_dir / 'results.json'}")
         return results
     finally:
         runner.close()
@@ -356,7 +374,7 @@ def plot_robustness(combined: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def run_robustness(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+def run_robustness(cfg: DictConfig, ranks: EvalRanks | None = None) -> dict[str, Any]:
     """The clean suite of task.benchmark_name and each of its runnable LIBERO-PRO perturbations, one eval each (same
     tasks, init states, policy and settings) in eval.output_dir/<suite>/, then results.json and robustness.png."""
     from pi0.ript.env.factory import make_env_spec
@@ -373,14 +391,16 @@ def run_robustness(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> dict[
     if (output_dir / "protocol.json").exists():
         raise ConfigError(f"eval.output_dir={str(output_dir)!r} holds a single-suite eval: use a new eval.output_dir for --robustness")
     perturbed = runnable_suites(tuple(suite for suite, base in LIBERO_PRO_SUITES.items() if base == clean))
-    loaded_policy = load_policy(cfg)  # once: every suite is evaluated with the same weights
+    ranks = ranks or EvalRanks()
+    loaded_policy = _load_policy_for(cfg, ranks)  # once: every suite is evaluated with the same weights
     suites: dict[str, Any] = {}
     for suite in (clean, *perturbed):
         suite_cfg = cfg.copy()
         suite_cfg.task.benchmark_name = suite
         suite_cfg.eval.output_dir = str(output_dir / suite)
-        print(f"== {suite} ({perturbation_of(suite)}) ==")
-        results = run_eval(suite_cfg, rank, world_size, loaded_policy=loaded_policy)
+        if ranks.is_main:
+            print(f"== {suite} ({perturbation_of(suite)}) ==")
+        results = run_eval(suite_cfg, ranks, loaded_policy=loaded_policy)
         suites[suite] = {
             "perturbation": perturbation_of(suite),
             "perturbation_meaning": LIBERO_PRO_PERTURBATIONS.get(perturbation_of(suite), "unperturbed"),
@@ -395,8 +415,9 @@ def run_robustness(cfg: DictConfig, rank: int = 0, world_size: int = 1) -> dict[
         "suites": suites,
         "config": to_container(cfg),
     }
-    _write_json_atomically(output_dir / "results.json", combined)
-    plot_robustness(combined, output_dir / "robustness.png")
-    print(format_robustness_table(combined))
-    print(f"robustness results: {output_dir / 'results.json'}")
+    if ranks.is_main:
+        _write_json_atomically(output_dir / "results.json", combined)
+        plot_robustness(combined, output_dir / "robustness.png")
+        print(format_robustness_table(combined))
+        print(f"robustness results: {output_dir / 'results.json'}")
     return combined

@@ -39,12 +39,15 @@ import contextlib
 import functools
 import gc
 import hashlib
+import logging
 import os
 import re
+import subprocess
+import sys
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -76,12 +79,55 @@ _LIBERO_KEYS = {
     "eef_quat": "robot0_eef_quat",
     "gripper_qpos": "robot0_gripper_qpos",
 }
+log = logging.getLogger(__name__)
 DEFAULT_MUJOCO_GL = "egl"  # headless; a MUJOCO_GL already set (osmesa, glfw) is kept
 
 
 def mujoco_gl_backend() -> str:
     """The MuJoCo rendering backend LIBERO envs started from this process use (workers inherit the environment)."""
     return os.environ.get("MUJOCO_GL", DEFAULT_MUJOCO_GL)
+
+
+# Counts the EGL devices in a child process, as robosuite's context would list them: the parent (which holds the
+# model's CUDA context) loads no GL library.
+_EGL_DEVICE_COUNT = "from mujoco.egl import egl_ext as EGL; print(len(EGL.eglQueryDevicesEXT()))"
+
+
+def egl_device_count() -> int:
+    """How many EGL devices MuJoCo can open here (0 when none or the query fails)."""
+    env = {**os.environ, "PYOPENGL_PLATFORM": "egl"}
+    try:
+        done = subprocess.run([sys.executable, "-c", _EGL_DEVICE_COUNT], env=env, capture_output=True, text=True, timeout=60)
+        return int(done.stdout.split()[-1]) if done.returncode == 0 else 0
+    except (subprocess.TimeoutExpired, ValueError, IndexError, OSError):
+        return 0
+
+
+def render_on_gpu(visible_index: int, count_devices: Callable[[], int] = egl_device_count) -> str | None:
+    """Have the LIBERO envs this process starts from now on render on the GPU that torch calls `cuda:visible_index`
+    (with several GPUs, one per torchrun rank, instead of every rank's envs on the first card). Sets
+    MUJOCO_EGL_DEVICE_ID, the EGL device that robosuite's and MuJoCo's contexts open; workers inherit it. The EGL
+    index is the card's physical one (CUDA_VISIBLE_DEVICES maps it; NVIDIA's EGL and CUDA both count cards in PCI
+    order on the usual box). Returns the id set, or None where it leaves things alone: a MUJOCO_EGL_DEVICE_ID the
+    user set, a backend other than EGL, CUDA_VISIBLE_DEVICES naming cards by UUID, or an EGL that lists too few
+    devices (a container without NVIDIA's EGL library renders on Mesa's one software device: an id past it would stop
+    every worker)."""
+    if os.environ.get("MUJOCO_EGL_DEVICE_ID") is not None or mujoco_gl_backend() != "egl":
+        return None
+    visible = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+    if not visible:
+        device = str(visible_index)
+    elif visible_index < len(visible) and visible[visible_index].isdigit():
+        device = visible[visible_index]
+    else:
+        return None
+    available = count_devices()
+    if int(device) >= available:
+        log.warning("EGL lists %d device(s), so the envs keep rendering on the first: no EGL device %s for cuda:%d",
+                    available, device, visible_index)
+        return None
+    os.environ["MUJOCO_EGL_DEVICE_ID"] = device
+    return device
 
 
 def _import_libero():

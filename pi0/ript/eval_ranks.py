@@ -1,0 +1,173 @@
+"""One evaluation over several processes, one GPU each: `torchrun --nproc_per_node N -m pi0.ript.cli eval ...`.
+
+Each process (rank) loads the policy onto its own GPU (`cuda:LOCAL_RANK`), has its env workers render on that GPU,
+and plays a contiguous share of the episodes still to run, so a rank needs few scenes. All ranks append to the one
+`episodes.jsonl` (`EpisodeLog`), which is what resume reads; rank 0 writes protocol.json, results.json and the chart.
+Every number is the same as one process's: an episode depends on its (task, init state) and the protocol alone,
+never on which rank or worker ran it (tests/test_eval_ranks.py compares them episode by episode).
+
+The ranks wait for each other through torch.distributed (gloo, even on GPUs: the messages are tiny CPU objects)
+at three points: after every rank has checked the output directory, after every rank has read what is finished
+(before anyone appends), and at the end, before rank 0 summarises. A rank that fails ends the run: torchrun stops
+the others.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from pi0.ript.config.errors import ConfigError
+
+T = TypeVar("T")
+
+# A rank may finish its share hours before the slowest one; the collective's default 30-minute timeout would end
+# such a run at the final barrier. A rank that dies ends the run through torchrun instead.
+BARRIER_TIMEOUT = datetime.timedelta(days=7)
+
+
+@dataclass
+class EvalRanks:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_environment(cls) -> EvalRanks:
+        """torchrun's RANK / WORLD_SIZE / LOCAL_RANK; one process (rank 0 of 1) otherwise. Joins the process group."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        ranks = cls(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+        if world_size > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo", rank=ranks.rank, world_size=world_size, timeout=BARRIER_TIMEOUT)
+        return ranks
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def policy_device(self, device: str) -> str:
+        """`policy.device` for this rank: `auto`/`cuda` become this rank's GPU; `cpu` stays. One named GPU for
+        every rank would put all the models on one card, so it is refused."""
+        if self.world_size == 1:
+            return device
+        if device.startswith("cuda:"):
+            raise ConfigError(
+                f"policy.device={device!r} under torchrun with {self.world_size} processes: each process takes its own "
+                "GPU (cuda:LOCAL_RANK); use policy.device=cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the cards"
+            )
+        if device == "cpu":
+            return device
+        import torch
+
+        if not torch.cuda.is_available():
+            if device == "cuda":
+                raise ConfigError("policy.device='cuda' but no CUDA device is visible: use policy.device=cpu or auto")
+            return "cpu"
+        count = torch.cuda.device_count()
+        # A launcher that shows each process only its own card (CUDA_VISIBLE_DEVICES=LOCAL_RANK) leaves one: cuda:0.
+        index = 0 if count == 1 else self.local_rank
+        if index >= count:
+            raise ConfigError(
+                f"LOCAL_RANK={self.local_rank} but torch sees {count} GPUs: launch at most {count} processes per node "
+                "(torchrun --nproc_per_node)"
+            )
+        torch.cuda.set_device(index)  # CUDA graphs and compiled kernels are made on the current device
+        from pi0.ript.env.libero_sim import render_on_gpu
+
+        render_on_gpu(index)  # this rank's env workers render on its card too
+        return f"cuda:{index}"
+
+    def share(self, items: Sequence[T]) -> list[T]:
+        """This rank's contiguous block of `items` (sizes differ by at most one): neighbouring episodes share a task,
+        so a block keeps a rank's workers on few scenes, where a round-robin share would give every rank every task."""
+        start = len(items) * self.rank // self.world_size
+        stop = len(items) * (self.rank + 1) // self.world_size
+        return list(items[start:stop])
+
+    def wait_for_all(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's `value`, in rank order, on every rank (picklable objects)."""
+        if self.world_size == 1:
+            return [value]
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
+    def close(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+class EpisodeLog:
+    """`episodes.jsonl`, appended by any number of processes: each record is one `write` of one whole line under an
+    exclusive `flock`, then fsync'd, so lines never interleave and a finished episode survives a crash. A line cut
+    short by a crash (no newline at the end of the file) is closed first, so the next record starts a line of its
+    own; the reader skips the broken one and that episode runs again. By hand because Python's logging and file
+    objects give no cross-process guarantee for appends."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, record: dict[str, Any]) -> None:
+        data = (json.dumps(record) + "\n").encode()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            size = os.fstat(self._fd).st_size
+            if size and os.pread(self._fd, 1, size - 1) != b"\n":
+                data = b"\n" + data
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __enter__(self) -> EpisodeLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def merged_runner_stats(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """One `runner_stats` for results.json: a single rank's as it is; several ranks' counters summed, rates over the
+    longest rank's wall time, and every rank's own under `per_rank`."""
+    if len(per_rank) == 1:
+        return per_rank[0]
+    wall = max(s["wall_seconds"] for s in per_rank)
+    calls = sum(s["inference_calls"] for s in per_rank)
+    merged: dict[str, Any] = {
+        key: sum(s[key] for s in per_rank)
+        for key in ("env_steps", "episodes", "inference_calls", "worker_restarts", "task_loads")
+    }
+    merged.update(
+        ranks=len(per_rank),
+        mean_batch_size=sum(s["mean_batch_size"] * s["inference_calls"] for s in per_rank) / max(calls, 1),
+        scene_models={key: sum(s["scene_models"][key] for s in per_rank) for key in per_rank[0]["scene_models"]},
+        wall_seconds=wall,
+        env_steps_per_second=merged["env_steps"] / wall if wall > 0 else 0.0,
+        per_rank=per_rank,
+    )
+    return merged

@@ -1,0 +1,218 @@
+"""`pi0-ript eval` over several processes (torchrun, gloo on CPUs here): the episodes shared, one episodes.jsonl that
+every rank appends to, rank 0 alone writing results; the episodes equal to one process's, frame for frame; resume
+across ranks; each rank's policy device and render GPU."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+from pi0.ript.config.errors import ConfigError
+from pi0.ript.env.libero_sim import render_on_gpu
+from pi0.ript.eval_ranks import EpisodeLog, EvalRanks, merged_runner_stats
+from pi0.ript.evaluate import _load_finished
+from test_ddp import free_port
+
+
+def _append_many(path: str, writer: int, count: int) -> None:
+    with EpisodeLog(Path(path)) as log:
+        for i in range(count):
+            # 20 kB lines: longer than a pipe's atomic write and than Python's file buffer
+            log.append({"task_id": writer, "init_state_index": i, "padding": "x" * 20_000})
+
+
+def test_episode_log_lines_never_interleave_across_processes(tmp_path):
+    path = tmp_path / "episodes.jsonl"
+    ctx = mp.get_context("fork")
+    writers = [ctx.Process(target=_append_many, args=(str(path), w, 60)) for w in range(4)]
+    for p in writers:
+        p.start()
+    for p in writers:
+        p.join(60)
+        assert p.exitcode == 0
+    lines = path.read_text().splitlines()
+    assert len(lines) == 240
+    assert {(r["task_id"], r["init_state_index"]) for r in map(json.loads, lines)} == {(w, i) for w in range(4) for i in range(60)}
+
+
+def test_episode_log_closes_a_line_a_crash_cut_short(tmp_path):
+    path = tmp_path / "episodes.jsonl"
+    path.write_text(json.dumps({"task_id": 0, "init_state_index": 0}) + "\n" + '{"task_id": 0, "init_state_in')
+    with EpisodeLog(path) as log:
+        log.append({"task_id": 0, "init_state_index": 1})
+    assert sorted(_load_finished(path)) == [(0, 0), (0, 1)]  # the cut line is skipped; its episode runs again
+    assert path.read_text().endswith('"init_state_in\n{"task_id": 0, "init_state_index": 1}\n')
+
+
+def test_shares_are_contiguous_and_cover_every_request_once():
+    items = list(range(13))
+    for world_size in range(1, 6):
+        shares = [EvalRanks(rank, world_size).share(items) for rank in range(world_size)]
+        assert sum(shares, []) == items
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    assert EvalRanks(1, 4).share([0, 1]) == [0] and EvalRanks(0, 4).share([0, 1]) == []
+
+
+def test_policy_device_per_rank():
+    assert EvalRanks(0, 1).policy_device("cuda:3") == "cuda:3"  # one process: as configured
+    two = EvalRanks(1, 2, local_rank=1)
+    assert two.policy_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="policy.device='cuda:1' under torchrun with 2 processes"):
+        two.policy_device("cuda:1")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert two.policy_device("auto") == "cpu"
+        with pytest.raises(ConfigError, match="no CUDA device is visible"):
+            two.policy_device("cuda")
+
+
+@pytest.fixture
+def render_env():
+    """MUJOCO_GL, MUJOCO_EGL_DEVICE_ID and CUDA_VISIBLE_DEVICES unset but for MUJOCO_GL=egl, and put back afterwards
+    (render_on_gpu writes os.environ itself, and monkeypatch's delenv records nothing for a variable that was unset,
+    so it would not remove one set later: a leaked device id stops every later LIBERO worker)."""
+    names = ("MUJOCO_GL", "MUJOCO_EGL_DEVICE_ID", "CUDA_VISIBLE_DEVICES")
+    saved = {name: os.environ.get(name) for name in names}
+    for name in names:
+        os.environ.pop(name, None)
+    os.environ["MUJOCO_GL"] = "egl"
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def test_render_gpu_follows_the_rank(render_env):
+    eight = lambda: 8  # noqa: E731  (an 8-GPU box whose EGL lists every card)
+    assert render_on_gpu(3, eight) == "3" and os.environ["MUJOCO_EGL_DEVICE_ID"] == "3"
+    assert render_on_gpu(5, eight) is None and os.environ["MUJOCO_EGL_DEVICE_ID"] == "3"  # set once: kept (a user's too)
+    del os.environ["MUJOCO_EGL_DEVICE_ID"]
+    os.environ["CUDA_VISIBLE_DEVICES"] = "4,6"
+    assert render_on_gpu(1, eight) == "6"  # the card's physical index, which EGL counts by
+    del os.environ["MUJOCO_EGL_DEVICE_ID"]
+    os.environ["CUDA_VISIBLE_DEVICES"] = "GPU-8a3c,GPU-11f0"
+    assert render_on_gpu(1, eight) is None and "MUJOCO_EGL_DEVICE_ID" not in os.environ
+    del os.environ["CUDA_VISIBLE_DEVICES"]
+    os.environ["MUJOCO_GL"] = "osmesa"
+    assert render_on_gpu(0, eight) is None and "MUJOCO_EGL_DEVICE_ID" not in os.environ
+
+
+@pytest.mark.libero  # needs EGL, as the LIBERO tests do
+def test_render_gpu_left_alone_where_egl_lacks_the_card(render_env):
+    """This machine's EGL (Mesa) lists one software device: device 0 may be pinned, device 1 must not be (a worker
+    told to open it stops with robosuite's RuntimeError)."""
+    from pi0.ript.env.libero_sim import egl_device_count
+
+    count = egl_device_count()
+    assert count >= 1  # the LIBERO tests render through it
+    assert render_on_gpu(count) is None and "MUJOCO_EGL_DEVICE_ID" not in os.environ
+    assert render_on_gpu(count - 1) == str(count - 1)
+
+
+def test_merged_runner_stats_sums_counters_and_keeps_each_rank():
+    one = {"env_steps": 100, "episodes": 4, "inference_calls": 10, "mean_batch_size": 2.0, "worker_restarts": 0,
+           "task_loads": 2, "scene_models": {"loaded": 2, "compiled": 0}, "wall_seconds": 10.0}
+    two = {**one, "env_steps": 60, "inference_calls": 30, "mean_batch_size": 1.0, "wall_seconds": 12.0,
+           "scene_models": {"loaded": 1, "compiled": 1}}
+    assert merged_runner_stats([one]) is one
+    merged = merged_runner_stats([one, two])
+    assert merged["env_steps"] == 160 and merged["episodes"] == 8 and merged["inference_calls"] == 40
+    assert merged["mean_batch_size"] == pytest.approx((20 + 30) / 40)
+    assert merged["scene_models"] == {"loaded": 3, "compiled": 1}
+    assert merged["env_steps_per_second"] == pytest.approx(160 / 12.0) and merged["per_rank"] == [one, two]
+
+
+# --- whole runs --------------------------------------------------------------------------------------------------
+def _eval(out: Path, overrides: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
+    launch = [sys.executable, "-m", "pi0.ript.cli"]
+    if nproc > 1:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+                  "127.0.0.1", "--master_port", str(free_port()), "-m", "pi0.ript.cli"]
+    command = [*launch, "eval", "--config", "pi0/ript/config/ript_vla_test.yaml", f"eval.output_dir={out}", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _episodes(out: Path) -> dict[tuple[int, int], dict]:
+    lines = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines() if line.endswith("}")]
+    found = {(r["task_id"], r["init_state_index"]): r for r in lines}
+    assert len(found) == len(lines), "an episode was written twice"
+    return found
+
+
+def _frames(out: Path) -> dict[str, np.ndarray]:
+    import imageio.v2 as imageio
+
+    return {video.name: np.stack(imageio.mimread(video)) for video in sorted((out / "videos").glob("*.mp4"))}
+
+
+def _assert_same_episodes(reference: Path, run: Path) -> None:
+    ours, theirs = _episodes(run), _episodes(reference)
+    assert ours.keys() == theirs.keys()
+    for key, record in ours.items():
+        assert {k: v for k, v in record.items()} == theirs[key], key
+    frames, reference_frames = _frames(run), _frames(reference)
+    assert frames.keys() == reference_frames.keys() and len(frames) == len(ours)
+    for name, video in frames.items():
+        np.testing.assert_array_equal(video, reference_frames[name], err_msg=name)
+    # the frames tell episodes apart: a test in which every episode looked the same would prove nothing
+    assert len({video.tobytes() for video in frames.values()}) == len(frames)
+
+
+# The small built-in policy: deterministic for its seed and input (pi0 draws its sampling noise from a stream that
+# depends on the order of its calls, so two runs of it never match frame for frame); the frames still tell the
+# episodes apart, since its actions follow the observations.
+REACH = ["policy.kind=small", "task.benchmark_name=reach", "task.task_ids=[0,1,2]", "task.image_size=28",
+         "task.max_episode_length=15", "eval.episodes_per_task=3", "eval.save_videos=true", "task.num_parallel_envs=1"]
+
+
+def test_two_ranks_play_the_episodes_one_process_plays(tmp_path):
+    _eval(tmp_path / "one", REACH)
+    result = _eval(tmp_path / "two", REACH, nproc=2)
+    _assert_same_episodes(tmp_path / "one", tmp_path / "two")
+    assert result.stdout.count("results: ") == 1  # rank 0 alone prints the table and writes the results
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert results["episodes"] == 9 and results["runner_stats"]["ranks"] == 2
+    assert [s["episodes"] for s in results["runner_stats"]["per_rank"]] == [4, 5]  # contiguous shares of 9
+    assert results["protocol"] == json.loads((tmp_path / "one" / "results.json").read_text())["protocol"]
+
+
+def test_two_ranks_resume_what_one_process_began(tmp_path):
+    overrides = REACH
+    _eval(tmp_path / "reference", overrides)
+    begun = tmp_path / "begun"
+    shutil.copytree(tmp_path / "reference", begun)
+    shutil.rmtree(begun / "videos")
+    (begun / "results.json").unlink()
+    lines = (begun / "episodes.jsonl").read_text().splitlines()
+    (begun / "episodes.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:25])  # then a crash mid-line
+    result = _eval(begun, overrides, nproc=2)
+    assert "resuming: 4 episodes already" in result.stderr
+    assert len(_episodes(begun)) == 9
+    assert {k: r for k, r in _episodes(begun).items()} == _episodes(tmp_path / "reference")
+    assert len(list((begun / "videos").glob("*.mp4"))) == 5  # the five episodes this run played
+
+
+@pytest.mark.libero
+def test_two_ranks_on_libero_play_one_process_episodes(tmp_path, no_orphans):
+    """Real LIBERO workers under two ranks: the same frames as one process, each scene shared through the caches."""
+    overrides = ["policy.kind=small", "task.task_ids=[0,1]", "task.image_size=64",
+                 "task.fast_render=true", "task.max_episode_length=8", "eval.episodes_per_task=2",
+                 "eval.save_videos=true", "task.num_parallel_envs=1"]
+    _eval(tmp_path / "one", overrides)
+    _eval(tmp_path / "two", overrides, nproc=2)
+    _assert_same_episodes(tmp_path / "one", tmp_path / "two")
