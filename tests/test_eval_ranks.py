@@ -216,3 +216,63 @@ def test_two_ranks_on_libero_play_one_process_episodes(tmp_path, no_orphans):
     _eval(tmp_path / "one", overrides)
     _eval(tmp_path / "two", overrides, nproc=2)
     _assert_same_episodes(tmp_path / "one", tmp_path / "two")
+
+
+# --- pi0's sampling noise, seeded per episode (eval.policy_noise) --------------------------------------------------
+@pytest.fixture(scope="module")
+def reach_pi0(tmp_path_factory):
+    """A tiny pi0 with random weights sized for the reach task: it samples, so its episodes depend on the noise."""
+    from pi0.ript.algo.bc import collect_demonstrations, make_reach_policy
+    from pi0.ript.env.reach_sim import ReachEnvSpec
+
+    path = tmp_path_factory.mktemp("reach_pi0")
+    demos = collect_demonstrations(ReachEnvSpec(image_size=28), range(3), range(1), 5, 10)
+    make_reach_policy(demos, 28, 5, seed=0).save_pretrained(path)
+    return path
+
+
+def test_pi0_episodes_do_not_depend_on_the_ranks(tmp_path, reach_pi0):
+    """Per-episode noise: one process and two ranks play pi0's episodes frame for frame (both call the model at
+    batch size 1, so even float rounding is the same); with the run's noise stream a re-run differs."""
+    pi0 = [arg for arg in REACH if arg != "policy.kind=small"] + [f"policy.checkpoint_path={reach_pi0}"]
+    _eval(tmp_path / "one", pi0)
+    _eval(tmp_path / "two", pi0, nproc=2)
+    _assert_same_episodes(tmp_path / "one", tmp_path / "two")
+    assert json.loads((tmp_path / "one" / "protocol.json").read_text())["policy_noise"] == "per_episode"
+    _eval(tmp_path / "stream", [*pi0, "eval.policy_noise=stream"])
+    stream, seeded = _frames(tmp_path / "stream"), _frames(tmp_path / "one")
+    assert any(name not in seeded or not np.array_equal(video, seeded[name]) for name, video in stream.items())
+
+
+def test_chunk_seeds_differ_by_every_part_and_repeat_exactly():
+    from pi0.ript.env.episode import EpisodeRequest
+
+    base = EpisodeRequest(task_id=1, init_state=2, rollout_index=0, noise_seed=0)
+    assert base.chunk_seed(3) == EpisodeRequest(task_id=1, init_state=2, noise_seed=0).chunk_seed(3)
+    variants = [base.chunk_seed(0), base.chunk_seed(1), EpisodeRequest(task_id=2, init_state=2, noise_seed=0).chunk_seed(0),
+                EpisodeRequest(task_id=1, init_state=3, noise_seed=0).chunk_seed(0),
+                EpisodeRequest(task_id=1, init_state=2, rollout_index=1, noise_seed=0).chunk_seed(0),
+                EpisodeRequest(task_id=1, init_state=2, noise_seed=7).chunk_seed(0),
+                EpisodeRequest(task_id=1, init_state=np.zeros(3), noise_seed=0).chunk_seed(0)]
+    assert len(set(variants)) == len(variants) and all(0 <= v < 2**63 for v in variants)
+    assert EpisodeRequest(task_id=1, init_state=2).chunk_seed(0) is None  # no noise_seed: the policy's stream
+
+
+def test_pi0_draws_a_samples_noise_from_its_seed_alone():
+    """The same seed gives the same noise at any batch position and beside any batch-mates."""
+    from pi0.ript.policy.pi0_policy import make_tiny_policy
+    from pi0.ript.policy.protocol import takes_sample_seeds
+    from pi0.ript.policy.small_policy import SmallPolicy
+
+    policy = make_tiny_policy(["reach"], image_size=28)
+    policy.record_extras = True
+    rng = np.random.default_rng(0)
+    observations = [{"agentview_image": rng.integers(0, 255, (28, 28, 3), dtype=np.uint8),
+                     "wrist_image": rng.integers(0, 255, (28, 28, 3), dtype=np.uint8), "eef_pos": rng.normal(size=3),
+                     "eef_quat": rng.normal(size=4), "gripper_qpos": rng.normal(size=2)} for _ in range(3)]
+    alone = policy.predict_chunks(observations[2:], ["reach"], sample_seeds=[11])
+    batched = policy.predict_chunks(observations, ["reach"] * 3, sample_seeds=[5, 9, 11])
+    np.testing.assert_array_equal(batched.extras[2]["noise"], alone.extras[0]["noise"])
+    np.testing.assert_allclose(batched.actions[2], alone.actions[0], atol=1e-5)  # batch size 1 vs 3: float rounding
+    assert not np.array_equal(batched.extras[0]["noise"], batched.extras[1]["noise"])
+    assert takes_sample_seeds(policy) and not takes_sample_seeds(SmallPolicy())

@@ -68,14 +68,18 @@ def test_presets_resolve_and_explicit_keys_win(tmp_path):
 def test_protocol_json_records_the_preset_and_old_directories_resume(tmp_path):
     from pi0.ript.evaluate import _check_resumable
 
-    protocol = {"protocol": "ript", "benchmark_name": "libero_goal", "seed": 0, "reset_seeding": "episode", "simulator": {}}
+    protocol = {"protocol": "ript", "benchmark_name": "libero_goal", "seed": 0, "reset_seeding": "episode",
+                "policy_noise": "stream", "simulator": {}}
     path = tmp_path / "protocol.json"
-    # written before presets existed: no protocol / reset_seeding keys, meaning pi0-ript's own; it resumes
+    # written before presets and eval.policy_noise existed: no protocol / reset_seeding / policy_noise keys, meaning
+    # pi0-ript's own and the policy's noise stream; it resumes as that
     path.write_text(json.dumps({"benchmark_name": "libero_goal", "seed": 0, "simulator": {}}))
     _check_resumable(path, dict(protocol, simulator={}), 0)
-    # ... but not as an openpi run
-    with pytest.raises(ConfigError, match="holds results of a different protocol"):
+    # ... but not as an openpi run, nor with per-episode noise (today's default): the error names the first key
+    with pytest.raises(ConfigError, match="holds results of a different protocol .*: protocol \"ript\" there, \"openpi\" now"):
         _check_resumable(path, dict(protocol, protocol="openpi", seed=7, reset_seeding="task_stream", simulator={}), 0)
+    with pytest.raises(ConfigError, match='policy_noise "stream" there, "per_episode" now.*or set the key back to resume'):
+        _check_resumable(path, dict(protocol, policy_noise="per_episode", simulator={}), 0)
 
 
 def test_stream_position_travels_inside_the_init_state():

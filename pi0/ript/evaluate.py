@@ -138,13 +138,14 @@ def evaluation_protocol(cfg: DictConfig, runner, policy_description: dict[str, A
         "render_on_demand": t.render_on_demand,
         "fast_reset": t.fast_reset,
         "runner": type(runner).__name__,
+        "policy_noise": cfg.eval.policy_noise,
         "policy": policy_description,
         "simulator": simulator_identity(cfg),
     }
 
 
-# What a protocol.json written before eval.protocol existed meant: pi0-ript's own protocol, whose keys it lacks.
-_BEFORE_PRESETS = {"protocol": "ript", "reset_seeding": "episode"}
+# What a protocol.json written before these keys existed meant: pi0-ript's own protocol, the policy's noise stream.
+_BEFORE_PRESETS = {"protocol": "ript", "reset_seeding": "episode", "policy_noise": "stream"}
 
 
 def _check_resumable(protocol_path: Path, protocol: dict[str, Any], episodes_in_dir: int) -> None:
@@ -155,10 +156,13 @@ def _check_resumable(protocol_path: Path, protocol: dict[str, Any], episodes_in_
     output_dir = protocol_path.parent
     recorded = {**_BEFORE_PRESETS, **json.loads(protocol_path.read_text())}
     recorded_simulator = recorded.pop("simulator", None)
-    if recorded != {key: value for key, value in protocol.items() if key != "simulator"}:
+    current = {key: value for key, value in protocol.items() if key != "simulator"}
+    if recorded != current:
+        key = next(k for k in sorted(set(recorded) | set(current)) if recorded.get(k) != current.get(k))
         raise ConfigError(
-            f"eval.output_dir={str(output_dir)!r} holds results of a different protocol ({protocol_path}): "
-            "use a new eval.output_dir, or delete that one to start over"
+            f"eval.output_dir={str(output_dir)!r} holds results of a different protocol ({protocol_path}: {key} "
+            f"{_shown(recorded.get(key))} there, {_shown(current.get(key))} now): use a new eval.output_dir, delete "
+            "that one to start over, or set the key back to resume"
         )
     if recorded_simulator is None:
         # Written before versions were recorded (its episodes may come from any stack). Refusing would strand long
@@ -176,6 +180,11 @@ def _check_resumable(protocol_path: Path, protocol: dict[str, Any], episodes_in_
         )
     if "unverified_episodes" in recorded_simulator:
         protocol["simulator"]["unverified_episodes"] = recorded_simulator["unverified_episodes"]
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _load_finished(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
@@ -295,8 +304,9 @@ def run_eval(cfg: DictConfig, ranks: EvalRanks | None = None, loaded_policy: tup
         ranks.wait_for_all()  # every rank has checked the directory and read what is finished; now anyone may write
         if ranks.is_main:
             _write_json_atomically(protocol_path, protocol)
+        noise_seed = cfg.task.seed if cfg.eval.policy_noise == "per_episode" else None
         requests = [
-            EpisodeRequest(task_id=task_id, init_state=index)
+            EpisodeRequest(task_id=task_id, init_state=index, noise_seed=noise_seed)
             for task_id in runner.task_ids
             for index in protocol["init_state_indices"]
             if (task_id, index) not in finished

@@ -139,6 +139,10 @@ class EvalConfig:
     output_dir: str = "outputs/eval"
     save_videos: bool = False  # one mp4 per episode (renders every step: slower)
     video_fps: int = 20
+    # per_episode: a sampling policy's (pi0's) noise for chunk j of an episode is drawn from (task.seed, task, init
+    # state, j) alone, so a re-run gives the same noise whatever the workers, ranks, batching or resume; stream: from
+    # the policy's own generator, randomly seeded per run, in call order (as openpi's and LeRobot's loops draw it)
+    policy_noise: str = "per_episode"
 
 
 @dataclass
@@ -291,6 +295,7 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.eval.episodes_per_task >= 1, f"eval.episodes_per_task={cfg.eval.episodes_per_task} must be >= 1")
     _require(cfg.eval.init_state_offset >= 0, f"eval.init_state_offset={cfg.eval.init_state_offset} must be >= 0")
     _require(cfg.eval.video_fps >= 1, f"eval.video_fps={cfg.eval.video_fps} must be >= 1")
+    _require(cfg.eval.policy_noise in ("per_episode", "stream"), f"eval.policy_noise={cfg.eval.policy_noise!r}: use per_episode or stream")
     r = cfg.runner
     _require(r.start_method in ("spawn", "forkserver", "fork"), f"runner.start_method={r.start_method!r}: use spawn, forkserver or fork")
     _require(r.worker_timeout_s > 0, f"runner.worker_timeout_s={r.worker_timeout_s} must be > 0 seconds")

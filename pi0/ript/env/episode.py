@@ -42,13 +42,19 @@ class EpisodeRequest:
     """One episode to run. `init_state` is an index into the task's init states, or an explicit state array.
 
     `stream_position`: where this episode sits in its task's reset stream under a harness's seeding (see
-    `PositionedInitState`); None: its init-state index, as in openpi's and LeRobot's loops (episode k, init state k)."""
+    `PositionedInitState`); None: its init-state index, as in openpi's and LeRobot's loops (episode k, init state k).
+
+    `noise_seed`: seeds the policy's sampling noise for this episode: its j-th chunk's noise comes from (noise_seed,
+    task, init state, rollout index, j) alone (`chunk_seed`), so the episode does not depend on what else the policy
+    computed, in which order, on which worker or rank (evaluation). None: the policy's own stream (RL rollouts, whose
+    K rollouts of a context need different noise)."""
 
     task_id: int
     init_state: int | np.ndarray
     rollout_index: int = 0  # k of K when the same context is rolled out several times (RLOO)
     request_id: int = 0  # set by the runner on its own copy: the position in its request list (one episode each)
     stream_position: int | None = None
+    noise_seed: int | None = None
 
     def __post_init__(self):
         if self.stream_position is None:
@@ -61,6 +67,16 @@ class EpisodeRequest:
     @property
     def init_state_index(self) -> int | None:
         return int(self.init_state) if isinstance(self.init_state, (int, np.integer)) else None
+
+    def chunk_seed(self, chunk_index: int) -> int | None:
+        """The seed of this episode's `chunk_index`-th policy call (None without a noise_seed): numpy's SeedSequence
+        mixes the parts, so neighbouring episodes and chunks get unrelated streams. An explicit state array counts
+        as init state -1."""
+        if self.noise_seed is None:
+            return None
+        index = self.init_state_index
+        parts = [self.noise_seed, self.task_id, 0 if index is None else index + 1, self.rollout_index, chunk_index]
+        return int(np.random.SeedSequence(parts).generate_state(1, np.uint64)[0] >> np.uint64(1))  # < 2**63
 
 
 @dataclass

@@ -57,6 +57,11 @@ class EpisodeInProgress:
     def needs_inference(self) -> bool:
         return not self.done and not self.queue
 
+    def next_chunk_seed(self) -> int | None:
+        """The noise seed of the chunk this episode asks for next (EpisodeRequest.chunk_seed); a rerun after a worker
+        restart starts again at chunk 0, so it draws the same noise."""
+        return self.request.chunk_seed(len(self.records))
+
     def add_chunk(self, chunk: np.ndarray, extras: dict) -> None:
         """Queue the first `replan_steps` actions of a chunk, after checking them."""
         chunk = np.asarray(chunk)

@@ -16,7 +16,7 @@ from pi0.ript.config.schema import ConfigError, apply_debug_mode, default_config
 from pi0.ript.env.episode import Episode, EpisodeRequest
 from pi0.ript.env.factory import make_env_spec
 from pi0.ript.env.rollout import EpisodeInProgress, PolicyActionError
-from pi0.ript.policy.protocol import RolloutPolicy
+from pi0.ript.policy.protocol import RolloutPolicy, takes_sample_seeds
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,12 @@ class RunnerBase:
     def _infer(self, episodes: list[EpisodeInProgress]) -> None:
         """One batched policy call for every episode whose queue is empty."""
         started = time.perf_counter()
-        output = self.policy.predict_chunks([e.observation for e in episodes], [e.instruction for e in episodes])
+        observations, instructions = [e.observation for e in episodes], [e.instruction for e in episodes]
+        seeds = [e.next_chunk_seed() for e in episodes]
+        if None not in seeds and takes_sample_seeds(self.policy):
+            output = self.policy.predict_chunks(observations, instructions, sample_seeds=seeds)
+        else:  # a batch that mixes seeded and unseeded episodes draws from the policy's stream
+            output = self.policy.predict_chunks(observations, instructions)
         seconds = time.perf_counter() - started
         self.stats.seconds["inference"] += seconds
         self.stats.env_seconds["in_call"] += seconds * len(episodes)

@@ -336,13 +336,26 @@ class PI0Policy:
             self.sample(inputs, noise, return_trajectory=self.record_trajectory)
         return dict(self.fast_sampler.compile_seconds)
 
+    def seeded_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """[B, H, max_action_dim] standard normal noise, row b from a CPU generator seeded with seeds[b] (as the
+        policy's own generator, on the CPU whatever the device, so a seed gives the same noise on a CPU and a GPU)."""
+        shape = (1, self.config.chunk_size, self.config.max_action_dim)
+        rows = [torch.randn(shape, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
+        return torch.cat(rows, dim=0).to(self.device)  # one host-to-device copy for the batch
+
     def predict_chunks(
         self,
         observations: Sequence[Mapping[str, np.ndarray]],
         instructions: Sequence[str],
         noise: torch.Tensor | None = None,
+        sample_seeds: Sequence[int] | None = None,
     ) -> PolicyOutput:
+        """`noise` given: used as it is. Else `sample_seeds` (one per observation): sample b's noise drawn from a
+        generator seeded with seed b alone (the same draw at any batch position, beside any batch-mates). Else the
+        policy's own generator."""
         inputs = self.prepare_batch(observations, instructions)
+        if noise is None and sample_seeds is not None:
+            noise = self.seeded_noise(sample_seeds)
         chunk, used_noise, traj = self.sample(inputs, noise, return_trajectory=self.record_trajectory)
         actions = self.postprocess(chunk, inputs.raw_state)
         extras: list[dict] = [{} for _ in range(len(actions))]

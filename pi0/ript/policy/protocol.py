@@ -6,6 +6,7 @@ The runner knows nothing else about a policy. pi0 (`pi0.ript.policy.pi0_policy.P
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -36,4 +37,17 @@ class RolloutPolicy(Protocol):
     def predict_chunks(
         self, observations: Sequence[dict[str, np.ndarray]], instructions: Sequence[str]
     ) -> PolicyOutput:
-        """One chunk per observation. Observations use the keys of `pi0.ript.env.sim.OBS_KEYS`."""
+        """One chunk per observation. Observations use the keys of `pi0.ript.env.sim.OBS_KEYS`.
+
+        A policy that samples (pi0's flow-matching noise) may also take a keyword `sample_seeds: Sequence[int]`, one
+        seed per observation, and draw sample b's noise from seed b alone: the runner then passes the seeds of
+        episodes that carry one (`EpisodeRequest.noise_seed`), so an evaluation's episodes do not depend on how the
+        runner batched them. Policies without it are called as above."""
+
+
+def takes_sample_seeds(policy: Any) -> bool:
+    """Whether `policy.predict_chunks` accepts the optional `sample_seeds` keyword."""
+    try:
+        return "sample_seeds" in inspect.signature(policy.predict_chunks).parameters
+    except (TypeError, ValueError):  # a callable without a signature (a C extension): not assumed
+        return False
