@@ -251,12 +251,17 @@ def test_plain_pi0_sampling_on_the_device_matches_the_cpu():
     make = lambda device: make_tiny_policy(INSTRUCTIONS, seed=0, image_size=IMAGE_SIZE, device=device, chunk_size=CHUNK,  # noqa: E731
                                                 record_extras=True)
     cpu = make("cpu").predict_chunks(obs, instructions)
+    seeds = list(range(100, 100 + len(obs)))  # eval.policy_noise=per_episode: per-sample seeds, drawn on the CPU
+    cpu_seeded = make("cpu").predict_chunks(obs, instructions, sample_seeds=seeds)
     with emulated_device() as device:
         policy = make(device)
         assert misplaced(policy.model, device) == []
         dev = policy.predict_chunks(obs, instructions)
+        dev_seeded = policy.predict_chunks(obs, instructions, sample_seeds=seeds)
     np.testing.assert_array_equal(dev.actions, cpu.actions)
     np.testing.assert_array_equal(dev.extras[0]["noise"], cpu.extras[0]["noise"])
+    np.testing.assert_array_equal(dev_seeded.actions, cpu_seeded.actions)
+    assert not np.array_equal(cpu_seeded.extras[0]["noise"], cpu.extras[0]["noise"])
 
 
 # --- checkpoints across devices -----------------------------------------------------------------------------------
