@@ -3,13 +3,14 @@
 Each process (rank) loads the policy onto its own GPU (`cuda:LOCAL_RANK`), has its env workers render on that GPU,
 and plays a contiguous share of the episodes still to run, so a rank needs few scenes. All ranks append to the one
 `episodes.jsonl` (`EpisodeLog`), which is what resume reads; rank 0 writes protocol.json, results.json and the chart.
-Every number is the same as one process's: an episode depends on its (task, init state) and the protocol alone,
-never on which rank or worker ran it (tests/test_eval_ranks.py compares them episode by episode).
+The episodes are one process's: an episode depends on its (task, init state) and the protocol alone (pi0's noise
+too, under eval.policy_noise=per_episode), not on which rank or worker ran it, up to float rounding between batch
+sizes (tests/test_eval_ranks.py compares them frame for frame).
 
 The ranks wait for each other through torch.distributed (gloo, even on GPUs: the messages are tiny CPU objects)
-at three points: after every rank has checked the output directory, after every rank has read what is finished
-(before anyone appends), and at the end, before rank 0 summarises. A rank that fails ends the run: torchrun stops
-the others.
+twice: once every rank has checked the output directory and read what is finished (before anyone writes), and at
+the end, when rank 0 gathers the runner statistics before it summarises. A rank that fails ends the run: torchrun
+stops the others.
 """
 
 from __future__ import annotations
