@@ -206,6 +206,30 @@ def test_chaos_random_worker_kills_lose_and_duplicate_nothing(no_orphans):
     assert len({e.request_id for e in disturbed_episodes}) == len(disturbed_episodes) == 30
 
 
+def test_seeded_pi0_replays_a_killed_workers_episode_exactly(no_orphans):
+    """With per-episode noise seeds (eval.policy_noise=per_episode) an episode rerun after its worker was killed
+    draws the same noise from chunk 0 again: the episodes equal an undisturbed run's, action for action (one worker:
+    batch size 1 in both runs, so not even float rounding differs)."""
+    from pi0.ript.policy.pi0_policy import make_tiny_policy
+
+    cfg = reach_config("task.num_parallel_envs=1", "task.image_size=28", "task.max_episode_length=40")
+    spec = ReachEnvSpec(image_size=28)
+    policy = make_tiny_policy([spec.instruction(t) for t in range(spec.num_tasks())], image_size=28, chunk_size=5)
+    requests = [EpisodeRequest(task_id=t, init_state=i, noise_seed=0) for t in range(2) for i in range(3)]
+    with PI0LiberoRunner(policy, config=cfg) as runner:
+        calm = {e.request_id: e.actions for e in runner.run_episodes(requests)}
+        runner.stats.reset()
+        killed = {}
+        for episode in runner.run_episodes(requests):
+            killed[episode.request_id] = episode
+            if len(killed) == 1:  # the worker is on to the next episode: it dies inside it
+                os.kill(runner.worker_pids()[0], signal.SIGKILL)
+    assert runner.stats.worker_restarts >= 1 and any(e.worker_restarts for e in killed.values())
+    assert calm.keys() == killed.keys()
+    for request_id, actions in calm.items():
+        np.testing.assert_array_equal(killed[request_id].actions, actions)
+
+
 def test_hung_worker_is_replaced_after_the_timeout(no_orphans):
     cfg = reach_config("task.num_parallel_envs=2", "runner.worker_timeout_s=2", "task.max_episode_length=200")
     with PI0LiberoRunner(POLICY, config=cfg) as runner:
