@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -185,6 +186,8 @@ def test_two_ranks_play_the_episodes_one_process_plays(tmp_path):
     result = _eval(tmp_path / "two", REACH, nproc=2)
     _assert_same_episodes(tmp_path / "one", tmp_path / "two")
     assert result.stdout.count("results: ") == 1  # rank 0 alone prints the table and writes the results
+    speed = r"speed: 9 episodes, \d+ env steps in [\d.]+ s over 2 ranks: [\d.]+ env-steps/s, \d+ episodes/hour"
+    assert len(re.findall(speed, result.stdout)) == 1, result.stdout[-1000:]
     results = json.loads((tmp_path / "two" / "results.json").read_text())
     assert results["episodes"] == 9 and results["runner_stats"]["ranks"] == 2
     assert [s["episodes"] for s in results["runner_stats"]["per_rank"]] == [4, 5]  # contiguous shares of 9

@@ -337,12 +337,22 @@ def run_eval(cfg: DictConfig, ranks: EvalRanks | None = None, loaded_policy: tup
             _write_json_atomically(output_dir / "results.json", results)
             plot_success(summary, output_dir / "success.png", cfg.task.benchmark_name)
             print(format_table(summary))
+            print(format_speed(runner_stats, ranks.world_size))
             if policy_description["kind"] == "small":
                 print("note: the small built-in policy has random weights; its success rate means nothing (no checkpoint was given)")
             print(f"results: {output_dir / 'results.json'}")
         return results
     finally:
         runner.close()
+
+
+def format_speed(stats: dict[str, Any], ranks: int) -> str:
+    """This run's pace from the runner's counters (the episodes run now; a resume's earlier ones are not in them)."""
+    wall = stats["wall_seconds"]
+    per_hour = stats["episodes"] / wall * 3600 if wall > 0 else 0.0
+    where = f" over {ranks} ranks" if ranks > 1 else ""
+    return (f"speed: {stats['episodes']} episodes, {stats['env_steps']} env steps in {wall:.1f} s{where}: "
+            f"{stats['env_steps_per_second']:.1f} env-steps/s, {per_hour:.0f} episodes/hour")
 
 
 def perturbation_of(suite: str) -> str:
