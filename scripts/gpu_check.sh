@@ -25,10 +25,12 @@
 #                  (two compilations, for bucket 1 and for buckets 2-16, instead of five of ~70 s each on an H200)
 #   bench_runner_quick   `pi0-ript bench runner --quick` on the box's cores (issue 17: minutes on 16 cores); the dry
 #                  run does its smoke run of two sections
+#   eval_ranks     `pi0-ript eval` under torchrun, two ranks (both on the one GPU), the small policy, libero_spatial
+#                  tasks 0-1: each rank's device, its workers' EGL device, the shared episodes.jsonl, rank 0's results
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_SECTIONS="machine bench_model bench_eval bench_train bench_compile bench_eval_compiled bench_runner_quick"
+ALL_SECTIONS="machine bench_model bench_eval bench_train bench_compile bench_eval_compiled bench_runner_quick eval_ranks"
 dry_run=0 sections="machine bench_model bench_eval bench_train" deadline=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -123,6 +125,11 @@ section bench_eval_compiled 360 "$python" -m pi0.ript.cli bench eval --size "$si
 
 # shellcheck disable=SC2086
 section bench_runner_quick 300 "$python" -m pi0.ript.cli bench runner $runner_args --out "$out/bench_runner_quick.json"
+
+section eval_ranks 180 "$python" -m torch.distributed.run --nproc_per_node 2 --master_addr 127.0.0.1 --master_port 29517 \
+  -m pi0.ript.cli eval --config pi0/ript/config/ript_vla_test.yaml policy.kind=small "policy.device=$device" \
+  "task.task_ids=[0,1]" task.num_parallel_envs=2 eval.episodes_per_task=2 task.max_episode_length=20 \
+  task.image_size=64 "eval.output_dir=$out/eval_ranks"
 
 cat "$summary"
 "$python" -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(any(v['exit_code'] for v in s.values()))" "$summary"

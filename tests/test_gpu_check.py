@@ -16,7 +16,8 @@ from conftest import REPO_ROOT as _ROOT
 from pi0.ript.bench.train import analytic_memory
 
 REPO_ROOT = Path(_ROOT)
-SECTIONS = ["machine", "bench_model", "bench_eval", "bench_train", "bench_compile", "bench_eval_compiled", "bench_runner_quick"]
+SECTIONS = ["machine", "bench_model", "bench_eval", "bench_train", "bench_compile", "bench_eval_compiled", "bench_runner_quick",
+            "eval_ranks"]
 
 
 @pytest.mark.libero
@@ -59,6 +60,9 @@ def test_gpu_check_dry_run(tmp_path):
     assert [r["setting"] for r in compiled["results"]] == ["defaults"] and compiled["results"][0]["env_steps"] == 6
     quick = json.loads((out / "bench_runner_quick.json").read_text())
     assert quick["sim"]["1"]["render_every_1"]["steps"] > 0 and quick["pickle"]["bytes"] > 0
+    ranks = json.loads((out / "eval_ranks" / "results.json").read_text())
+    assert ranks["episodes"] == 4 and ranks["runner_stats"]["ranks"] == 2
+    assert [r["episodes"] for r in ranks["runner_stats"]["per_rank"]] == [2, 2]
     assert json.loads((out / "bench_model.json").read_text())["results"]
     assert json.loads((out / "bench_compile.json").read_text())["results"]
 
