@@ -64,7 +64,7 @@ def test_shares_are_contiguous_and_cover_every_request_once():
 
 
 def test_policy_device_per_rank():
-    assert EvalRanks(0, 1).policy_device("cuda:3") == "cuda:3"  # one process: as configured
+    assert EvalRanks(0, 1).policy_device("cpu") == "cpu"  # one process: as configured (the GPU cases: next test)
     two = EvalRanks(1, 2, local_rank=1)
     assert two.policy_device("cpu") == "cpu"
     with pytest.raises(ConfigError, match="policy.device='cuda:1' under torchrun with 2 processes"):
@@ -108,6 +108,31 @@ def test_render_gpu_follows_the_rank(render_env):
     del os.environ["CUDA_VISIBLE_DEVICES"]
     os.environ["MUJOCO_GL"] = "osmesa"
     assert render_on_gpu(0, eight) is None and "MUJOCO_EGL_DEVICE_ID" not in os.environ
+
+
+def test_policy_gpu_and_render_gpu_per_rank_on_a_gpu_box(render_env, monkeypatch):
+    """The CUDA branches, on this CPU-only machine: torch is told it sees GPUs (nothing is put on them) and EGL that
+    it lists eight devices; what is checked is the choice: the policy's card, and the same card for rendering."""
+    import torch
+
+    import pi0.ript.env.libero_sim as libero_sim
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(libero_sim, "egl_device_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert EvalRanks(0, 1).policy_device("cuda:2") == "cuda:2" and os.environ.pop("MUJOCO_EGL_DEVICE_ID") == "2"
+    assert EvalRanks(3, 4, local_rank=3).policy_device("auto") == "cuda:3" and chosen == [3]
+    assert os.environ.pop("MUJOCO_EGL_DEVICE_ID") == "3"
+    os.environ["CUDA_VISIBLE_DEVICES"] = "4,5,6,7"
+    assert EvalRanks(1, 4, local_rank=1).policy_device("cuda") == "cuda:1" and os.environ.pop("MUJOCO_EGL_DEVICE_ID") == "5"
+    with pytest.raises(ConfigError, match="LOCAL_RANK=5 but torch sees 4 GPUs"):
+        EvalRanks(5, 8, local_rank=5).policy_device("cuda")
+    # a launcher that shows each process its own card: one visible, cuda:0, rendering on that card's physical index
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    os.environ["CUDA_VISIBLE_DEVICES"] = "6"
+    assert EvalRanks(6, 8, local_rank=6).policy_device("auto") == "cuda:0" and os.environ["MUJOCO_EGL_DEVICE_ID"] == "6"
 
 
 @pytest.mark.libero  # needs EGL, as the LIBERO tests do

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 from pi0.ript.config.errors import ConfigError
+from pi0.ript.env.libero_sim import render_on_gpu
+from pi0.ript.policy.devices import resolve_device
 
 T = TypeVar("T")
 
@@ -56,9 +58,16 @@ class EvalRanks:
 
     def policy_device(self, device: str) -> str:
         """`policy.device` for this rank: `auto`/`cuda` become this rank's GPU; `cpu` stays. One named GPU for
-        every rank would put all the models on one card, so it is refused."""
+        every rank would put all the models on one card, so it is refused. Whichever GPU the policy gets, this
+        process's env workers will render on it (`render_on_gpu`)."""
         if self.world_size == 1:
-            return device
+            resolved = resolve_device(device)
+            if resolved.startswith("cuda"):
+                import torch
+
+                index = torch.device(resolved).index
+                render_on_gpu(torch.cuda.current_device() if index is None else index)
+            return resolved
         if device.startswith("cuda:"):
             raise ConfigError(
                 f"policy.device={device!r} under torchrun with {self.world_size} processes: each process takes its own "
@@ -81,8 +90,6 @@ class EvalRanks:
                 "(torchrun --nproc_per_node)"
             )
         torch.cuda.set_device(index)  # CUDA graphs and compiled kernels are made on the current device
-        from pi0.ript.env.libero_sim import render_on_gpu
-
         render_on_gpu(index)  # this rank's env workers render on its card too
         return f"cuda:{index}"
 

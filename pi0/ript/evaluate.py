@@ -269,9 +269,8 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def _load_policy_for(cfg: DictConfig, ranks: EvalRanks) -> tuple[Any, dict[str, Any]]:
-    """The policy on this rank's device (under torchrun each rank takes its own GPU)."""
-    if ranks.world_size == 1:
-        return load_policy(cfg)
+    """The policy on this rank's device (under torchrun each rank takes its own GPU); the env workers render on the
+    policy's GPU (render_on_gpu), as they otherwise would on the first card whatever `policy.device` says."""
     rank_cfg = cfg.copy()
     rank_cfg.policy.device = ranks.policy_device(cfg.policy.device)
     return load_policy(rank_cfg)

@@ -115,10 +115,10 @@ def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dic
     # --- processes: torchrun sets RANK / WORLD_SIZE; a plain `python -m` run is rank 0 of 1 ------------------------
     rank, world_size, device = setup_distributed(tc.dist_backend, cfg.policy.device, tc.strategy)
     is_main = rank == 0
-    if world_size > 1 and device.type == "cuda":
+    if device.type == "cuda":
         from pi0.ript.env.libero_sim import render_on_gpu
 
-        render_on_gpu(device.index)  # this rank's env workers render on its card, not all ranks' on the first
+        render_on_gpu(device.index)  # this rank's env workers render on its card, not every rank's on the first
     autocast_dtype = resolve_precision(tc.precision, device)
     output_dir = Path(tc.output_dir)
     if is_main:

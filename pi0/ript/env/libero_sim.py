@@ -103,9 +103,9 @@ def egl_device_count() -> int:
         return 0
 
 
-def render_on_gpu(visible_index: int, count_devices: Callable[[], int] = egl_device_count) -> str | None:
-    """Have the LIBERO envs this process starts from now on render on the GPU that torch calls `cuda:visible_index`
-    (with several GPUs, one per torchrun rank, instead of every rank's envs on the first card). Sets
+def render_on_gpu(visible_index: int, count_devices: Callable[[], int] | None = None) -> str | None:
+    """Have the LIBERO envs this process starts from now on render on the GPU that torch calls `cuda:visible_index`,
+    the policy's (with several GPUs, one per torchrun rank, instead of every rank's envs on the first card). Sets
     MUJOCO_EGL_DEVICE_ID, the EGL device that robosuite's and MuJoCo's contexts open; workers inherit it. The EGL
     index is the card's physical one (CUDA_VISIBLE_DEVICES maps it; NVIDIA's EGL and CUDA both count cards in PCI
     order on the usual box). Returns the id set, or None where it leaves things alone: a MUJOCO_EGL_DEVICE_ID the
@@ -121,7 +121,7 @@ def render_on_gpu(visible_index: int, count_devices: Callable[[], int] = egl_dev
         device = visible[visible_index]
     else:
         return None
-    available = count_devices()
+    available = (count_devices or egl_device_count)()
     if int(device) >= available:
         log.warning("EGL lists %d device(s), so the envs keep rendering on the first: no EGL device %s for cuda:%d",
                     available, device, visible_index)
