@@ -48,6 +48,7 @@ CASES = [
     (["task.replan_steps=0"], "task.replan_steps=0 must be >= 1"),
     (["task.num_wait_steps=-1"], "task.num_wait_steps=-1 must be >= 0"),
     (["task.model_cache_gb=-1"], "task.model_cache_gb=-1.0 must be >= 0 (0: compile every scene, no cache)"),
+    (["eval.policy_noise=fixed"], "eval.policy_noise='fixed': use per_episode or stream"),
     (["policy.dtype=float16"], "policy.dtype='float16': use float32 or bfloat16"),
     (["policy.compile_dynamic_batch=true"], "policy.compile_dynamic_batch=true applies to policy.compile=default or reduce-overhead, not 'auto'"),
     (["policy.kind=pi0", "policy.checkpoint_path=/nonexistent/ckpt"], "policy.checkpoint_path='/nonexistent/ckpt' is not a directory"),
