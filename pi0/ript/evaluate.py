@@ -313,8 +313,10 @@ def run_eval(cfg: DictConfig, ranks: EvalRanks | None = None, loaded_policy: tup
         if finished and ranks.is_main:
             log.info("resuming: %d episodes already in %s, %d to run", len(finished), episodes_path, len(requests))
         mine = ranks.share(requests)
-        shared = f" (rank 0's share; {ranks.world_size} ranks)" if ranks.world_size > 1 else ""
-        progress = tqdm(total=len(mine), desc="eval episodes" + shared, unit="ep", disable=not mine or not ranks.is_main)
+        # Rank 0 shows every rank's progress: what episodes.jsonl holds, read again each time one of its own ends.
+        shared = f" ({ranks.world_size} ranks)" if ranks.world_size > 1 else ""
+        progress = tqdm(total=len(requests), desc="eval episodes" + shared, unit="ep", disable=not mine or not ranks.is_main)
+        done_before = len(finished)
         with EpisodeLog(episodes_path) as episode_log:
             for episode in runner.run_episodes(mine, want_frames=cfg.eval.save_videos):
                 record = episode.summary()
@@ -323,8 +325,9 @@ def run_eval(cfg: DictConfig, ranks: EvalRanks | None = None, loaded_policy: tup
                 if cfg.eval.save_videos:
                     _save_video(episode, output_dir / "videos", cfg.eval.video_fps,
                                 getattr(runner.env_spec, "renders_upside_down", False))
-                progress.update(1)
-                progress.set_postfix(success=f"{sum(r['success'] for r in finished.values())}/{len(finished)}")
+                shown = _load_finished(episodes_path) if ranks.world_size > 1 and ranks.is_main else finished
+                progress.update(len(shown) - done_before - progress.n)
+                progress.set_postfix(success=f"{sum(r['success'] for r in shown.values())}/{len(shown)}")
         progress.close()
         runner_stats = merged_runner_stats(ranks.gather(runner.stats.as_dict()))  # also: every rank is done
         if ranks.world_size > 1:
