@@ -217,8 +217,8 @@ class RunnerBase:
         """One batched policy call for every episode whose queue is empty."""
         started = time.perf_counter()
         observations, instructions = [e.observation for e in episodes], [e.instruction for e in episodes]
-        seeds = [e.next_chunk_seed() for e in episodes]
-        if None not in seeds and takes_sample_seeds(self.policy):
+        seeds = [e.next_chunk_seed() for e in episodes] if takes_sample_seeds(self.policy) else [None]
+        if None not in seeds:
             output = self.policy.predict_chunks(observations, instructions, sample_seeds=seeds)
         else:  # a batch that mixes seeded and unseeded episodes draws from the policy's stream
             output = self.policy.predict_chunks(observations, instructions)

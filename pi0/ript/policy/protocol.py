@@ -6,6 +6,7 @@ The runner knows nothing else about a policy. pi0 (`pi0.ript.policy.pi0_policy.P
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
@@ -46,8 +47,19 @@ class RolloutPolicy(Protocol):
 
 
 def takes_sample_seeds(policy: Any) -> bool:
-    """Whether `policy.predict_chunks` accepts the optional `sample_seeds` keyword."""
+    """Whether `policy.predict_chunks` accepts the optional `sample_seeds` keyword (the runner asks before every call:
+    the answer is read once per function)."""
+    method = policy.predict_chunks
+    function = getattr(method, "__func__", method)
     try:
-        return "sample_seeds" in inspect.signature(policy.predict_chunks).parameters
+        return _accepts_sample_seeds(function)
+    except TypeError:  # an unhashable callable object: read it each time
+        return _accepts_sample_seeds.__wrapped__(function)
+
+
+@functools.lru_cache(maxsize=64)
+def _accepts_sample_seeds(function: Any) -> bool:
+    try:
+        return "sample_seeds" in inspect.signature(function).parameters
     except (TypeError, ValueError):  # a callable without a signature (a C extension): not assumed
         return False
