@@ -124,7 +124,7 @@ section bench_eval_compiled 360 "$python" -m pi0.ript.cli bench eval --size "$si
   --compile "${compiled##* }" $dynamic --settings defaults $eval_args --out "$out/bench_eval_compiled.json"
 
 # shellcheck disable=SC2086
-section bench_runner_quick 300 "$python" -m pi0.ript.cli bench runner $runner_args --out "$out/bench_runner_quick.json"
+section bench_runner_quick 480 "$python" -m pi0.ript.cli bench runner $runner_args --out "$out/bench_runner_quick.json"
 
 section eval_ranks 180 "$python" -m torch.distributed.run --nproc_per_node 2 --master_addr 127.0.0.1 --master_port 29517 \
   -m pi0.ript.cli eval --config pi0/ript/config/ript_vla_test.yaml policy.kind=small "policy.device=$device" \

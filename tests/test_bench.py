@@ -37,6 +37,7 @@ def test_bench_smoke_reports_every_section(tmp_path, no_orphans):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "targets (ratios from this run)" in run.stdout
     results = json.loads(out.read_text())
+    assert results["finished"] is True and not out.with_name(out.name + ".partial").exists()
     for section in ("sim", "pickle", "inference", "runners", "latency", "features", "memory", "emulated", "targets"):
         assert results.get(section), f"section {section} missing or empty"
 
@@ -103,3 +104,29 @@ def test_bench_smoke_reports_every_section(tmp_path, no_orphans):
     for section in ("sim", "pickle", "inference", "memory"):
         assert not _positive_numbers(results[section]), _positive_numbers(results[section])
     assert {row["target"] for row in results["targets"]}
+
+
+def test_bench_keeps_the_sections_done_when_a_later_one_fails(tmp_path, monkeypatch, no_orphans):
+    """A run stopped part-way (a time limit on a lent GPU box, a crash) leaves a whole JSON of the sections it
+    finished, marked unfinished: the GPU check's runs are short and cannot be repeated at will."""
+    import pi0.ript.bench as bench
+
+    def broken_inference(args, results):
+        raise RuntimeError("stopped in the inference section")
+
+    import torch
+
+    monkeypatch.setattr(bench, "bench_inference", broken_inference)
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(RuntimeError, match="inference section"):
+            bench.main(["--smoke", "--sections", "sim,inference", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)  # the bench keeps its policy to one thread; later tests get theirs back
+    results = json.loads(out.read_text())
+    assert results["finished"] is False and "inference" not in results
+    assert results["sim"]["1"]["render_every_1"]["env_steps_per_second"] > 0
+    assert list(results["section_seconds"]) == ["sim"] and results["wall_seconds"] >= results["section_seconds"]["sim"]
+    # The saved part prints as markdown like a whole run.
+    assert "simulation limit" in bench.markdown(results)

@@ -138,18 +138,31 @@ def main(argv: list[str] | None = None) -> int:
                 results["section_seconds"][name] = time.perf_counter() - section_started
                 results["machine"]["load_after_section"][name] = os.getloadavg()[0]
                 print(f"[{name}: {results['section_seconds'][name]:.0f} s]", flush=True)
+                # A run stopped later (a time limit, a crash) keeps the sections done, marked unfinished.
+                results["machine"]["load_average_at_end"] = os.getloadavg()
+                results["wall_seconds"], results["finished"] = time.perf_counter() - started, False
+                _write(args.out, results)
     finally:
         pool.close()
     results["machine"]["load_average_at_end"] = os.getloadavg()
     results["wall_seconds"] = time.perf_counter() - started
-    results["targets"] = targets(results)
+    results["targets"], results["finished"] = targets(results), True
     print("\ntargets (ratios from this run):")
     for row in results["targets"]:
         value = "n/a" if row["measured"] is None else f"{row['measured']:.3f}"
         verdict = {True: "met", False: "NOT met", None: "not measured"}[row["met"]]
         print(f"  {row['target']:<72} {value:>8} (goal {row['goal']}): {verdict}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1, default=float)
+        _write(args.out, results)
         print(f"wrote {args.out}")
     return 0
+
+
+def _write(path: str | None, results: dict[str, Any]) -> None:
+    """The results so far, replacing the file whole (written beside it, then renamed), so it is never half a JSON."""
+    if not path:
+        return
+    partial = f"{path}.partial"
+    with open(partial, "w") as f:
+        json.dump(results, f, indent=1, default=float)
+    os.replace(partial, path)
