@@ -1,6 +1,6 @@
 """`pi0-ript eval` over several processes (torchrun, gloo on CPUs here): the episodes shared, one episodes.jsonl that
 every rank appends to, rank 0 alone writing results; the episodes equal to one process's, frame for frame; resume
-across ranks; each rank's policy device and render GPU."""
+across ranks; each rank's policy device and render GPU (the trainer's too)."""
 
 from __future__ import annotations
 
@@ -133,6 +133,33 @@ def test_policy_gpu_and_render_gpu_per_rank_on_a_gpu_box(render_env, monkeypatch
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     os.environ["CUDA_VISIBLE_DEVICES"] = "6"
     assert EvalRanks(6, 8, local_rank=6).policy_device("auto") == "cuda:0" and os.environ["MUJOCO_EGL_DEVICE_ID"] == "6"
+
+
+class _StopAfterDeviceSetup(Exception):
+    pass
+
+
+def test_trainer_renders_on_its_rank_gpu(render_env, monkeypatch, tmp_path):
+    """`pi0-ript train`'s CUDA branch on this CPU-only machine: the trainer is handed cuda:1 (as torchrun's second
+    rank gets) with CUDA_VISIBLE_DEVICES=2,3, and stopped just after its device setup; its env workers are then set
+    to render on physical card 3, the one its policy uses."""
+    import torch
+
+    import pi0.ript.algo.trainer as trainer
+    import pi0.ript.env.libero_sim as libero_sim
+    from pi0.ript.config.schema import load_config
+
+    def stop(*args, **kwargs):
+        raise _StopAfterDeviceSetup
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = "2,3"
+    monkeypatch.setattr(libero_sim, "egl_device_count", lambda: 4)
+    monkeypatch.setattr(trainer, "setup_distributed", lambda *args, **kwargs: (1, 2, torch.device("cuda", 1)))
+    monkeypatch.setattr(trainer, "resolve_precision", stop)  # the trainer's next step after the render GPU
+    cfg = load_config(str(Path(REPO_ROOT) / "pi0/ript/config/ript_vla_test.yaml"), [f"train.output_dir={tmp_path}"])
+    with pytest.raises(_StopAfterDeviceSetup):
+        trainer.train(cfg)
+    assert os.environ["MUJOCO_EGL_DEVICE_ID"] == "3"
 
 
 @pytest.mark.libero  # needs EGL, as the LIBERO tests do
