@@ -56,6 +56,13 @@ def test_gpu_check_dry_run(tmp_path):
     assert {r["setting"]: r["scene_models"] for r in evaluation["results"]} == {
         "all-off": {"loaded": 0, "compiled": 2}, "robosuite-physics": {"loaded": 1, "compiled": 0},
         "compiled-scenes": {"loaded": 0, "compiled": 1}, "defaults": {"loaded": 1, "compiled": 0}}
+    # The saved run prints again, table and one schedule line per setting, without running anything.
+    report = subprocess.run([sys.executable, "-m", "pi0.ript.cli", "bench", "eval", "--report", str(out / "bench_eval.json")],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr[-2000:]
+    lines = report.stdout.splitlines()
+    assert "after start" in lines[0] and [line.split(":")[0] for line in lines[5:]] == [
+        "all-off", "robosuite-physics", "compiled-scenes", "defaults"]
     compiled = json.loads((out / "bench_eval_compiled.json").read_text())
     assert [r["setting"] for r in compiled["results"]] == ["defaults"] and compiled["results"][0]["env_steps"] == 6
     quick = json.loads((out / "bench_runner_quick.json").read_text())

@@ -97,3 +97,22 @@ def test_fixed_groups_are_capped_by_the_envs_in_an_episode():
     schedule = GroupSchedule(fixed_groups=3)
     assert schedule.groups(14) == 3
     assert schedule.groups(2) == 2
+
+
+def test_bench_eval_schedule_line_states_the_model_and_the_measured_rate():
+    """`pi0-ript bench eval` prints, per setting, what the schedule's model predicts from the runner's own S and L
+    (the numbers of the third H200 run's defaults) and the measured rate against the best prediction."""
+    from pi0.ript.bench.eval import schedule_line
+
+    row = {"setting": "defaults", "workers": 14, "replan_steps": 5, "env_steps_per_second_after_first_step": 282.4,
+           "model_busy_seconds": 20.2, "wall_seconds": 27.3, "seconds_to_first_step": 5.5,
+           "schedule": {"groups": 2, "sim_seconds_per_chunk": 0.0968, "call_fixed_seconds": 0.0499,
+                        "call_per_sample_seconds": 0.00953}}
+    line = schedule_line(row)
+    best = 14 * 5 / predicted_cycle_seconds(2, 14, 0.0968, 0.0499, 0.00953)  # max(S + L(7), 2 L(7)) = 2 L(7)
+    assert best == pytest.approx(70 / (2 * (0.0499 + 7 * 0.00953)))
+    assert f"2: {best:.0f}" in line and "1: 250" in line and f"= {282.4 / best:.2f}x the best prediction (k = 2)" in line
+    assert "model busy 20.2 of 21.8 s after the first step" in line
+    # Lock-step (no fit): said so, not a made-up prediction.
+    lockstep = {**row, "setting": "all-off", "schedule": {}}
+    assert schedule_line(lockstep).startswith("all-off: no schedule fit")

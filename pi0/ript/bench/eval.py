@@ -34,6 +34,11 @@ Settings (`--settings`, in this order; the first is the baseline of the ratios):
     pi0-ript bench eval --size full --device cuda --dtype bfloat16 --compile cuda-graph --workers 14 \\
         --task-ids 0 1 --episodes-per-task 14 --episode-length 220 --image-size 256 --out bench_eval.json
     pi0-ript bench eval --size tiny --workers 2 --episodes-per-task 1 --episode-length 6 --image-size 64   # a CPU
+    pi0-ript bench eval --report bench_eval.json   # a saved run's table again, and its schedule lines
+
+After the table, one line per setting: the runner's own simulation time per chunk S and call time L(b) = a + c*b,
+what the group schedule's model predicts with them for each group count k, and the measured rate after the first
+step against the best prediction.
 """
 
 from __future__ import annotations
@@ -75,6 +80,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=128, help="task.image_size: the cameras' pixels")
     p.add_argument("--settings", default="all-off,defaults", help=f"comma list of {', '.join(SETTINGS)}")
     p.add_argument("--out", type=Path, default=None, help="write the results and the machine as JSON")
+    p.add_argument("--report", type=Path, default=None, metavar="JSON",
+                   help="print the table and schedule lines of a saved --out file, run nothing")
     a = p.parse_args(argv)
     a.settings = a.settings.split(",")
     unknown = [s for s in a.settings if s not in SETTINGS]
@@ -92,6 +99,22 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parse(argv)
+    if a.report:
+        from pi0.ript.config.schema import TaskConfig
+
+        saved = json.loads(a.report.read_text())
+        needed = ("env_steps_per_second_after_first_step", "seconds_to_first_step", "schedule")
+        missing = sorted({key for row in saved["results"] for key in needed if key not in row})
+        if missing:
+            raise SystemExit(f"pi0-ript bench eval --report {a.report}: written by an older bench eval, its rows lack "
+                             f"{', '.join(missing)}; run the bench again to get them")
+        print(format_table(saved["results"]))
+        for row in saved["results"]:
+            # Files saved before rows recorded these: every setting but serial ran --workers, at the default replan.
+            row.setdefault("workers", 1 if row["setting"] == "serial" else saved["settings"]["workers"])
+            row.setdefault("replan_steps", TaskConfig().replan_steps)
+            print(schedule_line(row))
+        return 0
     import torch
 
     from pi0.ript.bench.model import DTYPES, build_model, machine_info
@@ -150,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                 "mean_batch_size": stats["mean_batch_size"],
                 "model_busy_seconds": stats["seconds"]["inference"], "env_seconds": stats["env_seconds"],
                 "seconds_model_idle_with_waiters": stats["seconds_model_idle_with_waiters"], "schedule": stats["schedule"],
-                "success_rate": results["success_rate"],
+                "success_rate": results["success_rate"], "workers": cfg.task.num_parallel_envs,
+                "replan_steps": cfg.task.replan_steps,
             })
             print(format_row(rows[-1], rows[0]))
             if a.out:
@@ -160,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                           "results": rows}
                 a.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print("\n" + format_table(rows))
+    for row in rows:
+        print(schedule_line(row))
     return 0
 
 
@@ -178,6 +204,8 @@ def warm_up_machine(spec, task_id: int) -> float:
 
 def _scenes(row: dict) -> str:
     """The run's env builds and hard resets by where their MuJoCo model came from: the scene cache / a compile."""
+    if "scene_models" not in row:  # saved before the scene cache
+        return "-"
     return f"{row['scene_models']['loaded']}/{row['scene_models']['compiled']}"
 
 
@@ -187,6 +215,28 @@ def format_row(row: dict, base: dict) -> str:
             f"{row['env_steps_per_second_after_first_step']:.1f} after the first step at {row['seconds_to_first_step'] or 0:.1f} s), "
             f"{row['episodes_per_hour']:.0f} episodes/h, {row['task_loads']} task loads (scenes loaded/compiled {_scenes(row)}), {row['inference_calls']} calls, mean batch {row['mean_batch_size']:.1f}, "
             f"model busy {row['model_busy_seconds']:.1f} of {row['wall_seconds']:.1f} s, env waits {row['env_seconds']}")
+
+
+def schedule_line(row: dict) -> str:
+    """The runner's own S and L(b) = a + c*b at the end of the setting, what the group schedule's model predicts
+    with them for each k, and the measured rate after the first step against the best prediction."""
+    from pi0.ript.env.schedule import predicted_cycle_seconds
+
+    name, schedule = row["setting"], row["schedule"]
+    fixed, per_sample = schedule.get("call_fixed_seconds"), schedule.get("call_per_sample_seconds")
+    sim = schedule.get("sim_seconds_per_chunk")
+    after = row["env_steps_per_second_after_first_step"]
+    busy = f"model busy {row['model_busy_seconds']:.1f} of {row['wall_seconds'] - (row['seconds_to_first_step'] or 0):.1f} s after the first step"
+    if fixed is None or sim is None:  # lock-step, or too few calls of different sizes to fit L
+        return f"{name}: no schedule fit (lock-step or too few calls); {busy}"
+    workers, replan = row["workers"], row["replan_steps"]
+    predicted = {k: workers * replan / predicted_cycle_seconds(k, workers, sim, fixed, per_sample)
+                 for k in range(1, min(workers, 6) + 1)}
+    best = max(predicted, key=predicted.get)
+    return (f"{name}: S = {sim * 1000:.1f} ms per chunk, calls {fixed * 1000:.1f} + {per_sample * 1000:.2f} ms per sample; "
+            f"predicted env-steps/s by k: {', '.join(f'{k}: {v:.0f}' for k, v in predicted.items())}; k at the end "
+            f"{schedule.get('groups')}; after the first step {after:.1f} = {after / predicted[best]:.2f}x the best "
+            f"prediction (k = {best}); {busy}")
 
 
 def format_table(rows: list[dict]) -> str:
