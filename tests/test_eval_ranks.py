@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO_ROOT
 from pi0.ript.config.errors import ConfigError
 from pi0.ript.env.libero_sim import render_on_gpu
-from pi0.ript.eval_ranks import EpisodeLog, EvalRanks, merged_runner_stats
+from pi0.ript.eval_ranks import CLAIMS_FILE, EpisodeClaims, EpisodeLog, EvalRanks, merged_runner_stats
 from pi0.ript.evaluate import _load_finished
 from test_ddp import free_port
 
@@ -54,13 +54,49 @@ def test_episode_log_closes_a_line_a_crash_cut_short(tmp_path):
     assert path.read_text().endswith('"init_state_in\n{"task_id": 0, "init_state_index": 1}\n')
 
 
-def test_shares_are_contiguous_and_cover_every_request_once():
-    items = list(range(13))
-    for world_size in range(1, 6):
-        shares = [EvalRanks(rank, world_size).share(items) for rank in range(world_size)]
-        assert sum(shares, []) == items
-        assert max(map(len, shares)) - min(map(len, shares)) <= 1
-    assert EvalRanks(1, 4).share([0, 1]) == [0] and EvalRanks(0, 4).share([0, 1]) == []
+def _take_all(path: str, total: int, pause: float, out: str) -> None:
+    """One rank: take blocks until none is left, `pause` seconds of 'playing' per episode; write the blocks taken."""
+    import time
+
+    claims, blocks = EpisodeClaims(Path(path), total, 2, block=4), []
+    while taken := claims.take():
+        blocks.append([taken.start, taken.stop])
+        time.sleep(pause * len(taken))
+    Path(out).write_text(json.dumps(blocks))
+
+
+def test_claims_cover_every_episode_once_and_the_faster_rank_takes_more(tmp_path):
+    """Two processes take episodes from one claims file at once: every episode goes to exactly one of them, in
+    blocks of at most 4 consecutive episodes, and the rank that plays faster takes more (a fixed share: 20 each)."""
+    path = tmp_path / CLAIMS_FILE
+    EpisodeClaims(path, 40, 2, block=4).reset()
+    ctx = mp.get_context("fork")
+    ranks = [ctx.Process(target=_take_all, args=(str(path), 40, pause, str(tmp_path / f"rank{i}.json")))
+             for i, pause in enumerate((0.002, 0.03))]
+    for p in ranks:
+        p.start()
+    for p in ranks:
+        p.join(60)
+        assert p.exitcode == 0
+    fast, slow = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2))
+    assert all(1 <= stop - start <= 4 for start, stop in fast + slow)
+    assert sorted(i for start, stop in fast + slow for i in range(start, stop)) == list(range(40))
+    episodes = lambda blocks: sum(stop - start for start, stop in blocks)  # noqa: E731
+    assert episodes(fast) > episodes(slow) >= 1
+    # what the runner reads: the items of each block taken, in order
+    claims = EpisodeClaims(tmp_path / "again", 6, 1, block=4)
+    claims.reset()
+    assert list(claims.requests("abcdef")) == list("abcdef")
+
+
+def test_claims_blocks_shrink_to_an_even_share_of_what_is_left(tmp_path):
+    claims = EpisodeClaims(tmp_path / CLAIMS_FILE, 10, 4, block=3)
+    claims.reset()
+    sizes = []
+    while taken := claims.take():
+        sizes.append(len(taken))
+    # 3 while a quarter of what is left is at least 3, then ceil(left / 4): the last ones go one per rank
+    assert sizes == [3, 2, 2, 1, 1, 1] and sum(sizes) == 10 and not claims.take()
 
 
 def test_policy_device_per_rank():
@@ -242,7 +278,9 @@ def test_two_ranks_play_the_episodes_one_process_plays(tmp_path):
     assert len(re.findall(speed, result.stdout)) == 1, result.stdout[-1000:]
     results = json.loads((tmp_path / "two" / "results.json").read_text())
     assert results["episodes"] == 9 and results["runner_stats"]["ranks"] == 2
-    assert [s["episodes"] for s in results["runner_stats"]["per_rank"]] == [4, 5]  # contiguous shares of 9
+    # taken as the ranks' workers freed up: every episode once, on one rank or the other
+    assert sum(s["episodes"] for s in results["runner_stats"]["per_rank"]) == 9
+    assert not (tmp_path / "two" / CLAIMS_FILE).exists()  # rank 0 removes the claims once every rank is done
     assert results["protocol"] == json.loads((tmp_path / "one" / "results.json").read_text())["protocol"]
 
 

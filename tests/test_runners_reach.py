@@ -71,6 +71,27 @@ def test_runners_number_episodes_without_writing_into_the_callers_requests(runne
     assert [r.request_id for r in requests] == [7, 7, 7]
 
 
+def test_an_iterator_of_requests_is_read_as_workers_free_up(no_orphans):
+    """A list is seen whole; an iterator is read a worker's count at a time, when the pending episodes run out (the
+    ranks of one eval hand out work this way), and gives the same episodes, numbered in the order read."""
+    cfg = reach_config("task.num_parallel_envs=2")
+    read = []
+
+    def handed_out():
+        for request in _requests():
+            read.append(request)
+            yield request
+
+    with PI0LiberoRunner(POLICY, config=cfg) as runner:
+        listed = _signature(runner.run_episodes(_requests()))
+        episodes = runner.run_episodes(handed_out())
+        first = next(episodes)
+        read_by_the_first = len(read)
+        lazily = _signature([first, *episodes])
+    assert read_by_the_first < len(_requests())  # two for the two workers, maybe two more: not all six up front
+    assert len(read) == 6 and lazily == listed
+
+
 def test_overlapped_and_lockstep_inference_give_the_same_episodes(no_orphans):
     results = []
     for overlap in ("true", "false"):

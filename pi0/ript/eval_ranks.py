@@ -1,7 +1,9 @@
 """One evaluation over several processes, one GPU each: `torchrun --nproc_per_node N -m pi0.ript.cli eval ...`.
 
 Each process (rank) loads the policy onto its own GPU (`cuda:LOCAL_RANK`), has its env workers render on that GPU,
-and plays a contiguous share of the episodes still to run, so a rank needs few scenes. All ranks append to the one
+and takes the episodes still to run a block at a time as its workers free up (`EpisodeClaims`): a rank whose
+episodes end early (successes) or whose card is faster takes more, so no rank sits idle while another still has a
+queue. Blocks are runs of consecutive episodes, so a rank needs few scenes. All ranks append to the one
 `episodes.jsonl` (`EpisodeLog`), which is what resume reads; rank 0 writes protocol.json, results.json and the chart.
 The episodes are one process's: an episode depends on its (task, init state) and the protocol alone (pi0's noise
 too, under eval.policy_noise=per_episode), not on which rank or worker ran it, up to float rounding between batch
@@ -21,7 +23,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 from pi0.ript.config.errors import ConfigError
 from pi0.ript.env.libero_sim import render_on_gpu
@@ -32,6 +34,8 @@ T = TypeVar("T")
 # A rank may finish its share hours before the slowest one; the collective's default 30-minute timeout would end
 # such a run at the final barrier. A rank that dies ends the run through torchrun instead.
 BARRIER_TIMEOUT = datetime.timedelta(days=7)
+
+CLAIMS_FILE = ".episode_claims"  # in eval.output_dir, beside episodes.jsonl: how far the ranks have taken the episodes
 
 
 @dataclass
@@ -93,13 +97,6 @@ class EvalRanks:
         render_on_gpu(index)  # this rank's env workers render on its card too
         return f"cuda:{index}"
 
-    def share(self, items: Sequence[T]) -> list[T]:
-        """This rank's contiguous block of `items` (sizes differ by at most one): neighbouring episodes share a task,
-        so a block keeps a rank's workers on few scenes, where a round-robin share would give every rank every task."""
-        start = len(items) * self.rank // self.world_size
-        stop = len(items) * (self.rank + 1) // self.world_size
-        return list(items[start:stop])
-
     def wait_for_all(self) -> None:
         if self.world_size > 1:
             import torch.distributed as dist
@@ -157,6 +154,47 @@ class EpisodeLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class EpisodeClaims:
+    """Which of a run's remaining episodes the ranks have taken: the index of the next free one, in a file every rank
+    reads and advances under an exclusive `flock`. Every rank holds the same list of remaining episodes (built from
+    the protocol and episodes.jsonl before anyone writes); `take` hands the caller the next block of it.
+
+    A block is at most `block` episodes (the rank's workers) and at most the rank's even share of what is left, so
+    the last episodes spread over the ranks instead of queueing behind one. By hand: torch.distributed's collectives
+    need every rank at once, and its key-value store (an atomic counter) is not public API; the output directory is
+    shared by the ranks anyway, for episodes.jsonl."""
+
+    def __init__(self, path: Path, total: int, world_size: int, block: int):
+        self.path, self.total, self.world_size, self.block = path, total, world_size, max(block, 1)
+
+    def reset(self) -> None:
+        """Rank 0, before the ranks' first barrier: nothing is taken (a crashed run's file is overwritten)."""
+        self.path.write_text("0\n")
+
+    def take(self) -> range:
+        """The indices of this rank's next block; empty once every episode is taken."""
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            start = int(os.pread(fd, 64, 0).decode() or 0)
+            left = self.total - start
+            size = min(self.block, -(-left // self.world_size)) if left > 0 else 0
+            text = f"{start + size}\n".encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, text, 0)
+            return range(start, start + size)
+        finally:
+            os.close(fd)  # also releases the lock
+
+    def requests(self, items: Sequence[T]) -> Iterator[T]:
+        """`items` block by block as this rank takes them: read lazily by the runner, as its workers free up."""
+        while True:
+            taken = self.take()
+            if not taken:
+                return
+            yield from (items[i] for i in taken)
 
 
 def merged_runner_stats(per_rank: list[dict[str, Any]]) -> dict[str, Any]:

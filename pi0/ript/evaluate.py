@@ -45,7 +45,7 @@ from pi0.ript.config.schema import (
 )
 from pi0.ript.env import create_env_runner
 from pi0.ript.env.episode import Episode, EpisodeRequest
-from pi0.ript.eval_ranks import EpisodeLog, EvalRanks, merged_runner_stats
+from pi0.ript.eval_ranks import CLAIMS_FILE, EpisodeClaims, EpisodeLog, EvalRanks, merged_runner_stats
 from pi0.ript.policy.loading import load_policy
 
 log = logging.getLogger(__name__)
@@ -300,9 +300,6 @@ def run_eval(cfg: DictConfig, ranks: EvalRanks | None = None, loaded_policy: tup
                     f"eval.init_state_offset + eval.episodes_per_task = {protocol['init_state_indices'][-1] + 1} exceeds the "
                     f"{available} init states of task {task_id}: lower one of them"
                 )
-        ranks.wait_for_all()  # every rank has checked the directory and read what is finished; now anyone may write
-        if ranks.is_main:
-            _write_json_atomically(protocol_path, protocol)
         noise_seed = cfg.task.seed if cfg.eval.policy_noise == "per_episode" else None
         requests = [
             EpisodeRequest(task_id=task_id, init_state=index, noise_seed=noise_seed)
@@ -310,12 +307,19 @@ def run_eval(cfg: DictConfig, ranks: EvalRanks | None = None, loaded_policy: tup
             for index in protocol["init_state_indices"]
             if (task_id, index) not in finished
         ]
+        claims = EpisodeClaims(output_dir / CLAIMS_FILE, len(requests), ranks.world_size, cfg.task.num_parallel_envs)
+        if ranks.world_size > 1 and ranks.is_main:
+            claims.reset()  # before the barrier: no rank takes an episode until every rank has the same list
+        ranks.wait_for_all()  # every rank has checked the directory and read what is finished; now anyone may write
+        if ranks.is_main:
+            _write_json_atomically(protocol_path, protocol)
         if finished and ranks.is_main:
             log.info("resuming: %d episodes already in %s, %d to run", len(finished), episodes_path, len(requests))
-        mine = ranks.share(requests)
+        # Several ranks take the episodes a block at a time as their workers free up; one process has them all.
+        mine = claims.requests(requests) if ranks.world_size > 1 else requests
         # Rank 0 shows every rank's progress: what episodes.jsonl holds, read again each time one of its own ends.
         shared = f" ({ranks.world_size} ranks)" if ranks.world_size > 1 else ""
-        progress = tqdm(total=len(requests), desc="eval episodes" + shared, unit="ep", disable=not mine or not ranks.is_main)
+        progress = tqdm(total=len(requests), desc="eval episodes" + shared, unit="ep", disable=not requests or not ranks.is_main)
         done_before = len(finished)
         with EpisodeLog(episodes_path) as episode_log:
             for episode in runner.run_episodes(mine, want_frames=cfg.eval.save_videos):
@@ -332,6 +336,8 @@ def run_eval(cfg: DictConfig, ranks: EvalRanks | None = None, loaded_policy: tup
         runner_stats = merged_runner_stats(ranks.gather(runner.stats.as_dict()))  # also: every rank is done
         if ranks.world_size > 1:
             finished = _load_finished(episodes_path)  # every rank's episodes
+            if ranks.is_main:
+                (output_dir / CLAIMS_FILE).unlink(missing_ok=True)  # every rank is past its last take
         records = [finished[key] for key in sorted(finished) if key[0] in runner.task_ids]
         summary = summarize(records, list(runner.task_ids))
         results = {"protocol": protocol, "config": to_container(cfg), **summary, "runner_stats": runner_stats}

@@ -18,6 +18,7 @@ exactly one episode. Ctrl-C or an error closes every worker: no process is left 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import multiprocessing as mp
@@ -25,7 +26,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import wait
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from pi0.ript.env.episode import Episode, EpisodeRequest
 from pi0.ript.env.rollout import EpisodeInProgress
@@ -82,6 +83,7 @@ class PI0LiberoRunner(RunnerBase):
         self._launch_deadline: float | None = None
         self._group: dict[_Slot, int] = {}  # each env's group; an env without one rides with the next call
         self._groups_k = 0  # the k the groups were formed for
+        self._more: Iterator[EpisodeRequest] | None = None  # the rest of an iterator of requests (run_episodes)
         self._tick: float | None = None  # last loop iteration, for the env-time accounting in stats.env_seconds
         self._held = self._queued = 0
         self._warmed_up = False  # the policy's warm-up ran (see _warm_up_policy)
@@ -132,10 +134,15 @@ class PI0LiberoRunner(RunnerBase):
 
     # --- the loop -------------------------------------------------------------------------------------------
     def run_episodes(self, requests: Iterable[EpisodeRequest], want_frames: bool = False) -> Iterator[Episode]:
-        pending = deque(self._numbered(requests))
+        numbered = self._numbered(requests)
+        # A list is seen whole (workers choose among every pending episode); an iterator is read a worker's count at
+        # a time, when the pending ones run out (_refill).
+        pending = deque(numbered) if isinstance(requests, Sequence) else deque()
+        self._more = None if isinstance(requests, Sequence) else numbered
         self.start_workers()
         finished_cleanly = False
         try:
+            self._refill(pending)
             # Workers whose simulation holds a pending task choose first, so none of them loses it to a worker that
             # would have to build it anyway.
             pending_tasks = {r.task_id for r in pending}
@@ -177,6 +184,7 @@ class PI0LiberoRunner(RunnerBase):
             self._tick, self._held, self._queued = None, 0, 0
             self._group.clear()
             self._groups_k = 0
+            self._more = None
             if not finished_cleanly:
                 # Interrupted (Ctrl-C, an error, or the consumer stopped early): workers may be mid-command, and a
                 # half-run episode must not leak into the next call. Stop them all; the next call starts fresh ones.
@@ -188,11 +196,18 @@ class PI0LiberoRunner(RunnerBase):
         self._chunk_delivered.pop(slot, None)  # a reset is not part of playing a chunk
         self._group.pop(slot, None)  # a new episode joins whichever call comes after its reset
         if not pending:
+            self._refill(pending)
+        if not pending:
             return
         match = self._next_request(slot, pending)
         pending.remove(match)
         slot.request, slot.failures = match, 0
         self._send_reset(slot)
+
+    def _refill(self, pending: deque) -> None:
+        """From an iterator of requests, the next ones, as many as there are workers (nothing once it is spent)."""
+        if self._more is not None:
+            pending.extend(itertools.islice(self._more, len(self._slots)))
 
     def _next_request(self, slot: _Slot, pending: deque) -> EpisodeRequest:
         """An episode of the task the worker's simulation holds if one is pending (a reset, not a rebuild). Else,

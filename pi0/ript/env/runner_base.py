@@ -190,6 +190,9 @@ class RunnerBase:
         raise ValueError(f"env_name {env_name!r} is neither a task index, name nor instruction of {self.benchmark_name}")
 
     def run_episodes(self, requests: Iterable[EpisodeRequest], want_frames: bool = False) -> Iterator[Episode]:
+        """One finished episode per request, in the order they finish. A list (any Sequence) is seen whole from the
+        start; any other iterable is read only as workers free up, so a caller can hand out work as the run goes
+        (the ranks of one eval take their episodes that way: pi0.ript.eval_ranks.EpisodeClaims)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -203,9 +206,11 @@ class RunnerBase:
 
     # --- shared machinery -----------------------------------------------------------------------------------
     @staticmethod
-    def _numbered(requests: Iterable[EpisodeRequest]) -> list[EpisodeRequest]:
-        """The runner's own numbered copies: the caller's requests are never written to (it may reuse them)."""
-        return [dataclasses.replace(request, request_id=i) for i, request in enumerate(requests)]
+    def _numbered(requests: Iterable[EpisodeRequest]) -> Iterator[EpisodeRequest]:
+        """The runner's own numbered copies, made as the requests are read: the caller's requests are never written
+        to (it may reuse them)."""
+        for i, request in enumerate(requests):
+            yield dataclasses.replace(request, request_id=i)
 
     def _new_episode(self, request: EpisodeRequest, reset, want_frames: bool, restarts: int, label: str) -> EpisodeInProgress:
         for source, count in (reset.info.get("scene_models") or {}).items():
