@@ -293,6 +293,7 @@ def test_two_ranks_resume_what_one_process_began(tmp_path):
     (begun / "results.json").unlink()
     lines = (begun / "episodes.jsonl").read_text().splitlines()
     (begun / "episodes.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:25])  # then a crash mid-line
+    (begun / CLAIMS_FILE).write_text("7\n")  # the crashed run's claims: the resumed run starts its own from 0
     result = _eval(begun, overrides, nproc=2)
     assert "resuming: 4 episodes already" in result.stderr
     assert len(_episodes(begun)) == 9

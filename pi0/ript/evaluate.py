@@ -336,8 +336,8 @@ def run_eval(cfg: DictConfig, ranks: EvalRanks | None = None, loaded_policy: tup
         runner_stats = merged_runner_stats(ranks.gather(runner.stats.as_dict()))  # also: every rank is done
         if ranks.world_size > 1:
             finished = _load_finished(episodes_path)  # every rank's episodes
-            if ranks.is_main:
-                (output_dir / CLAIMS_FILE).unlink(missing_ok=True)  # every rank is past its last take
+        if ranks.is_main:  # every rank is past its last take (one process: a crashed multi-rank run's, if any)
+            (output_dir / CLAIMS_FILE).unlink(missing_ok=True)
         records = [finished[key] for key in sorted(finished) if key[0] in runner.task_ids]
         summary = summarize(records, list(runner.task_ids))
         results = {"protocol": protocol, "config": to_container(cfg), **summary, "runner_stats": runner_stats}
