@@ -9,7 +9,7 @@
 #                                                      # with under 20 s left is skipped (exit 125 in the summary)
 #
 # Sections (OUT_DIR/<section>.log each, OUT_DIR/gpu_check.json the summary: exit code and seconds per section);
-# without --sections the first four run (limits 600 s in all); the last three only when named:
+# without --sections the first four run (limits 600 s in all); the last five only when named:
 #   machine        GPU, driver, torch, transformers, MuJoCo
 #   bench_model    full-size pi0 inference by batch size, bf16, eager and CUDA-graphed (ms per call, preprocessing
 #                  share, capture time, peak memory)
@@ -23,6 +23,8 @@
 #                  takes over a minute (the dry run times eager only)
 #   bench_eval_compiled  bench_eval's run with reduce-overhead sampling and a symbolic batch size, the defaults only
 #                  (two compilations, for bucket 1 and for buckets 2-16, instead of five of ~70 s each on an H200)
+#   bench_eval_long  bench_eval's defaults over three times the episodes (2 tasks x 42, six per worker): how the
+#                  whole-run rate grows as the start is amortised (issue 17 measured 28 episodes)
 #   bench_runner_quick   `pi0-ript bench runner --quick` on the box's cores (issue 17: minutes on 16 cores); the dry
 #                  run does its smoke run of two sections
 #   eval_ranks     `pi0-ript eval` under torchrun, two ranks (both on the one GPU), the small policy, libero_spatial
@@ -30,7 +32,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-ALL_SECTIONS="machine bench_model bench_eval bench_train bench_compile bench_eval_compiled bench_runner_quick eval_ranks"
+ALL_SECTIONS="machine bench_model bench_eval bench_train bench_compile bench_eval_compiled bench_eval_long bench_runner_quick eval_ranks"
 dry_run=0 sections="machine bench_model bench_eval bench_train" deadline=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -55,12 +57,13 @@ echo '{}' > "$summary"
 
 if (( dry_run )); then
   size=tiny device=cpu dtype=float32 precision=fp32 batches="1 2" graphs="none" compiled="none"
-  eval_args="--workers 1 --task-ids 0 --episodes-per-task 1 --episode-length 6 --image-size 64"
+  eval_args="--workers 1 --task-ids 0 --episodes-per-task 1 --episode-length 6 --image-size 64" long_eval_args="$eval_args"
   runner_args="--smoke --sections sim,pickle" dynamic=""
   train_extra="--workers 2 --contexts 2 --rollouts 2 --episode-length 10 --minibatches 2"
 else
   size=full device=cuda dtype=bfloat16 precision=bf16 batches="1 4 16 64" graphs="none cuda-graph" compiled="none reduce-overhead"
   eval_args="--workers 14 --task-ids 0 1 --episodes-per-task 14 --episode-length 220 --image-size 256"
+  long_eval_args="--workers 14 --task-ids 0 1 --episodes-per-task 42 --episode-length 220 --image-size 256"
   runner_args="--quick" dynamic="--dynamic-batch"
   train_extra=""
 fi
@@ -122,6 +125,10 @@ section bench_compile 100 "$python" -m pi0.ript.cli bench model --size "$size" -
 # shellcheck disable=SC2086
 section bench_eval_compiled 360 "$python" -m pi0.ript.cli bench eval --size "$size" --device "$device" --dtype "$dtype" \
   --compile "${compiled##* }" $dynamic --settings defaults $eval_args --out "$out/bench_eval_compiled.json"
+
+# shellcheck disable=SC2086
+section bench_eval_long 240 "$python" -m pi0.ript.cli bench eval --size "$size" --device "$device" --dtype "$dtype" \
+  --compile "${graphs##* }" --settings defaults $long_eval_args --out "$out/bench_eval_long.json"
 
 # shellcheck disable=SC2086
 section bench_runner_quick 480 "$python" -m pi0.ript.cli bench runner $runner_args --out "$out/bench_runner_quick.json"

@@ -16,8 +16,8 @@ from conftest import REPO_ROOT as _ROOT
 from pi0.ript.bench.train import analytic_memory
 
 REPO_ROOT = Path(_ROOT)
-SECTIONS = ["machine", "bench_model", "bench_eval", "bench_train", "bench_compile", "bench_eval_compiled", "bench_runner_quick",
-            "eval_ranks"]
+SECTIONS = ["machine", "bench_model", "bench_eval", "bench_train", "bench_compile", "bench_eval_compiled", "bench_eval_long",
+            "bench_runner_quick", "eval_ranks"]
 
 
 @pytest.mark.libero
@@ -65,6 +65,8 @@ def test_gpu_check_dry_run(tmp_path):
         "all-off", "robosuite-physics", "compiled-scenes", "defaults"]
     compiled = json.loads((out / "bench_eval_compiled.json").read_text())
     assert [r["setting"] for r in compiled["results"]] == ["defaults"] and compiled["results"][0]["env_steps"] == 6
+    long = json.loads((out / "bench_eval_long.json").read_text())
+    assert [r["setting"] for r in long["results"]] == ["defaults"] and long["results"][0]["episodes"] == 1
     quick = json.loads((out / "bench_runner_quick.json").read_text())
     assert quick["sim"]["1"]["render_every_1"]["steps"] > 0 and quick["pickle"]["bytes"] > 0
     ranks = json.loads((out / "eval_ranks" / "results.json").read_text())
