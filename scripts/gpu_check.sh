@@ -28,7 +28,8 @@
 #   bench_runner_quick   `pi0-ript bench runner --quick` on the box's cores (issue 17: minutes on 16 cores); the dry
 #                  run does its smoke run of two sections
 #   eval_ranks     `pi0-ript eval` under torchrun, two ranks (both on the one GPU), the small policy, libero_spatial
-#                  tasks 0-1: each rank's device, its workers' EGL device, the shared episodes.jsonl, rank 0's results
+#                  tasks 0-1: the launch, the shared episodes.jsonl, rank 0's results with each rank's counts (protocol.json
+#                  names the GL renderer the workers used)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

@@ -113,6 +113,12 @@ def test_bench_eval_schedule_line_states_the_model_and_the_measured_rate():
     assert best == pytest.approx(70 / (2 * (0.0499 + 7 * 0.00953)))
     assert f"2: {best:.0f}" in line and "1: 250" in line and f"= {282.4 / best:.2f}x the best prediction (k = 2)" in line
     assert "model busy 20.2 of 21.8 s after the first step" in line
+    # The best k is looked for among every k, not only the first few printed: with cheap calls (a = 20, c = 3 ms,
+    # S = 175 ms; the emulated compiled_a20_c3 case) it is past 6.
+    cheap = {**row, "schedule": {"groups": 5, "sim_seconds_per_chunk": 0.175, "call_fixed_seconds": 0.020,
+                                 "call_per_sample_seconds": 0.003}}
+    rates = {k: 70 / predicted_cycle_seconds(k, 14, 0.175, 0.020, 0.003) for k in range(1, 15)}
+    assert max(rates, key=rates.get) == 7 and "(k = 7)" in schedule_line(cheap) and f"7: {rates[7]:.0f}" in schedule_line(cheap)
     # Lock-step (no fit): said so, not a made-up prediction.
     lockstep = {**row, "setting": "all-off", "schedule": {}}
     assert schedule_line(lockstep).startswith("all-off: no schedule fit")

@@ -307,8 +307,9 @@ def run_eval(cfg: DictConfig, ranks: EvalRanks | None = None, loaded_policy: tup
             for index in protocol["init_state_indices"]
             if (task_id, index) not in finished
         ]
-        claims = EpisodeClaims(output_dir / CLAIMS_FILE, len(requests), ranks.world_size, cfg.task.num_parallel_envs)
-        if ranks.world_size > 1 and ranks.is_main:
+        claims = (EpisodeClaims(output_dir / CLAIMS_FILE, len(requests), ranks.world_size, cfg.task.num_parallel_envs)
+                  if ranks.world_size > 1 else None)
+        if claims is not None and ranks.is_main:
             claims.reset()  # before the barrier: no rank takes an episode until every rank has the same list
         ranks.wait_for_all()  # every rank has checked the directory and read what is finished; now anyone may write
         if ranks.is_main:
@@ -316,7 +317,7 @@ def run_eval(cfg: DictConfig, ranks: EvalRanks | None = None, loaded_policy: tup
         if finished and ranks.is_main:
             log.info("resuming: %d episodes already in %s, %d to run", len(finished), episodes_path, len(requests))
         # Several ranks take the episodes a block at a time as their workers free up; one process has them all.
-        mine = claims.requests(requests) if ranks.world_size > 1 else requests
+        mine = claims.requests(requests) if claims is not None else requests
         # Rank 0 shows every rank's progress: what episodes.jsonl holds, read again each time one of its own ends.
         shared = f" ({ranks.world_size} ranks)" if ranks.world_size > 1 else ""
         progress = tqdm(total=len(requests), desc="eval episodes" + shared, unit="ep", disable=not requests or not ranks.is_main)

@@ -231,10 +231,11 @@ def schedule_line(row: dict) -> str:
         return f"{name}: no schedule fit (lock-step or too few calls); {busy}"
     workers, replan = row["workers"], row["replan_steps"]
     predicted = {k: workers * replan / predicted_cycle_seconds(k, workers, sim, fixed, per_sample)
-                 for k in range(1, min(workers, 6) + 1)}
+                 for k in range(1, workers + 1)}
     best = max(predicted, key=predicted.get)
+    shown = sorted({*range(1, min(workers, 6) + 1), best})  # the first few, and the best wherever it is
     return (f"{name}: S = {sim * 1000:.1f} ms per chunk, calls {fixed * 1000:.1f} + {per_sample * 1000:.2f} ms per sample; "
-            f"predicted env-steps/s by k: {', '.join(f'{k}: {v:.0f}' for k, v in predicted.items())}; k at the end "
+            f"predicted env-steps/s by k: {', '.join(f'{k}: {predicted[k]:.0f}' for k in shown)}; k at the end "
             f"{schedule.get('groups')}; after the first step {after:.1f} = {after / predicted[best]:.2f}x the best "
             f"prediction (k = {best}); {busy}")
 

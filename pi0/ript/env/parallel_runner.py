@@ -137,8 +137,9 @@ class PI0LiberoRunner(RunnerBase):
         numbered = self._numbered(requests)
         # A list is seen whole (workers choose among every pending episode); an iterator is read a worker's count at
         # a time, when the pending ones run out (_refill).
-        pending = deque(numbered) if isinstance(requests, Sequence) else deque()
-        self._more = None if isinstance(requests, Sequence) else numbered
+        lazily = not isinstance(requests, Sequence)
+        pending = deque() if lazily else deque(numbered)
+        self._more = numbered if lazily else None
         self.start_workers()
         finished_cleanly = False
         try:
