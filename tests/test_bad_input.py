@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -67,7 +68,10 @@ CASES = [
 
 
 def _run(capsys, argv):
+    before = signal.getsignal(signal.SIGTERM)
     code = main(argv)
+    # main() in-process gives SIGTERM back as it found it (it once left it raising KeyboardInterrupt in pytest)
+    assert signal.getsignal(signal.SIGTERM) is before
     captured = capsys.readouterr()
     return code, captured.err
 

@@ -265,6 +265,41 @@ def test_hung_worker_is_replaced_after_the_timeout(no_orphans):
     assert any(e.worker_restarts >= 1 for e in episodes)
 
 
+def test_a_worker_frozen_half_way_through_a_reply_is_killed_and_the_read_ends(no_orphans):
+    """`wait()` wakes on a reply's first bytes; a worker stopped while writing the rest (a reply larger than the
+    pipe's 64 KB, here two 512 px images) once blocked the parent's read for good. With a timeout the read ends in
+    WorkerDied and the worker is killed. The read runs in a thread so that the old behaviour fails instead of hanging."""
+    from pi0.ript.env.worker import RESET, STEP, EnvWorker, WorkerDied
+
+    worker = EnvWorker(0, ReachEnvSpec(image_size=512))
+    outcome = {}
+    try:
+        worker.call(RESET, {"task_id": 0, "init_state": 0}, timeout=60)
+        worker.send(STEP, (np.zeros(7), True))
+        assert worker.conn.poll(60)  # the reply has begun: ~1.5 MB, far more than the pipe holds
+        os.kill(worker.process.pid, signal.SIGSTOP)
+
+        def read():
+            try:
+                outcome["reply"] = worker.receive(timeout=1.0)
+            except WorkerDied as exc:
+                outcome["died"] = str(exc)
+
+        reader = threading.Thread(target=read, daemon=True)
+        started = time.monotonic()
+        reader.start()
+        reader.join(30)
+        assert not reader.is_alive(), "the read of a half-written reply never ended"
+        assert "died" in outcome and f"pid {worker.process.pid}" in outcome["died"], outcome
+        assert time.monotonic() - started < 15
+        worker.process.join(10)
+        assert worker.process.exitcode == -signal.SIGKILL
+    finally:
+        if worker.process.is_alive():
+            os.kill(worker.process.pid, signal.SIGKILL)
+        worker.close()
+
+
 def test_a_worker_that_keeps_dying_ends_the_run_with_a_clear_error(no_orphans):
     cfg = reach_config("runner.max_worker_restarts=1")
     with PI0LiberoRunner(POLICY, config=cfg) as runner:

@@ -85,7 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # Put back the caller's handler on return: main() called in-process (tests, a notebook) must not leave
+    # SIGTERM turned into KeyboardInterrupt for the rest of that process.
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        return _run_command(args, bench_args)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _run_command(args, bench_args: list[str]) -> int:
+    """The chosen command; an interrupt or a known user error becomes an exit code and one line."""
     try:
         if args.command == "bench":
             if args.target == "model":

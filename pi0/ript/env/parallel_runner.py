@@ -404,7 +404,7 @@ class PI0LiberoRunner(RunnerBase):
             if slot.worker.conn in ready:
                 command = slot.worker.pending
                 try:
-                    reply = slot.worker.receive()
+                    reply = slot.worker.receive(self.worker_timeout_s)  # a reply frozen half-way ends too
                 except WorkerDied as exc:
                     self._retry(slot, str(exc), exc.command)
                     continue

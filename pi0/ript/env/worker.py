@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 import types
@@ -102,6 +103,54 @@ def rss_bytes(pid: int | None = None) -> int:
     return psutil.Process(pid).memory_info().rss
 
 
+class _ReplyWatchdog:
+    """Kills a worker whose reply stops half-way, so that the parent's read ends instead of blocking for good.
+
+    `wait()` and `poll()` only say that a reply's first bytes have arrived; `Connection.recv` then blocks until the
+    whole message is in. A worker frozen while writing a reply bigger than the pipe buffer (an observation with two
+    128 px images is ~100 KB, a Linux pipe holds 64 KB) would hold the parent there for ever, where no
+    runner.worker_timeout_s can see it: a SIGSTOP, a debugger, a driver call that never returns. One daemon thread
+    kills such a worker once a read outlasts its timeout; the read then ends with an end-of-file, which the caller
+    already handles as a worker death. Written by hand because multiprocessing has no recv with a timeout."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._reads: dict[object, tuple[float, int]] = {}  # token -> (deadline, pid)
+        self._wakes_at = float("inf")
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def reading(self, pid: int, timeout_s: float) -> Iterator[None]:
+        token, deadline = object(), time.monotonic() + timeout_s
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="env-worker-reply-watchdog", daemon=True)
+                self._thread.start()
+            self._reads[token] = (deadline, pid)
+            if deadline < self._wakes_at:
+                self._cond.notify()  # otherwise the thread wakes before this deadline anyway and sees it then
+        try:
+            yield
+        finally:
+            with self._cond:
+                del self._reads[token]
+
+    def _watch(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for token, (deadline, pid) in list(self._reads.items()):
+                    if deadline <= now:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                        self._reads[token] = (float("inf"), pid)  # killed once; the read ends by itself now
+                self._wakes_at = min((deadline for deadline, _ in self._reads.values()), default=float("inf"))
+                self._cond.wait(None if self._wakes_at == float("inf") else self._wakes_at - now)
+
+
+_REPLY_WATCHDOG = _ReplyWatchdog()
+
+
 @contextlib.contextmanager
 def _main_module_hidden(spec: Any, start_method: str) -> Iterator[None]:
     """Start a spawned worker without re-running the parent's main script.
@@ -151,11 +200,16 @@ class EnvWorker:
         self.pending = command
         self.sent_at = time.monotonic()
 
-    def receive(self) -> Any:
+    def receive(self, timeout: float | None = None) -> Any:
         """The reply to the command in flight. Raises WorkerDied if the process is gone, WorkerError if the command
-        raised inside the worker."""
+        raised inside the worker. With a timeout, a worker whose reply is not in full within it is killed (it froze
+        half-way through writing: see _ReplyWatchdog) and this raises WorkerDied."""
         try:
-            ok, payload = self.conn.recv()
+            if timeout is None:
+                ok, payload = self.conn.recv()
+            else:
+                with _REPLY_WATCHDOG.reading(self.process.pid, timeout):
+                    ok, payload = self.conn.recv()
         except (EOFError, OSError, ConnectionResetError):
             raise WorkerDied(
                 f"worker {self.index} (pid {self.process.pid}) died (exit code {self._exit_code()}) during {self.pending!r}",
@@ -176,14 +230,14 @@ class EnvWorker:
         self.send(command, data)
         if timeout is not None and not self.conn.poll(timeout):
             raise WorkerDied(f"worker {self.index} did not answer {command!r} within {timeout:.0f} s", command)
-        return self.receive()
+        return self.receive(timeout)
 
     def wait_started(self, timeout: float | None = None) -> None:
         if self.pending != START:
             return
         if timeout is not None and not self.conn.poll(timeout):
             raise WorkerDied(f"worker {self.index} did not start within {timeout:.0f} s", START)
-        self.receive()
+        self.receive(timeout)
 
     def seconds_in_flight(self) -> float:
         return time.monotonic() - self.sent_at if self.pending is not None else 0.0
@@ -204,7 +258,7 @@ class EnvWorker:
                         self.wait_started(timeout)
                     self.send(CLOSE)
                     if self.conn.poll(timeout):
-                        self.receive()
+                        self.receive(timeout)
             except (WorkerDied, WorkerError, OSError):
                 pass
             self.process.join(timeout)
