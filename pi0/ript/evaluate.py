@@ -268,12 +268,17 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _load_policy_for(cfg: DictConfig, ranks: EvalRanks) -> tuple[Any, dict[str, Any]]:
-    """The policy on this rank's device (under torchrun each rank takes its own GPU); the env workers render on the
-    policy's GPU (render_on_gpu), as they otherwise would on the first card whatever `policy.device` says."""
+def _rank_policy_config(cfg: DictConfig, ranks: EvalRanks) -> DictConfig:
+    """`cfg` with the policy on this rank's device (under torchrun each rank takes its own GPU). Also makes the env
+    workers started after it render on that GPU (render_on_gpu), as they otherwise would on the first card."""
     rank_cfg = cfg.copy()
     rank_cfg.policy.device = ranks.policy_device(cfg.policy.device)
-    return load_policy(rank_cfg)
+    return rank_cfg
+
+
+def _load_policy_for(cfg: DictConfig, ranks: EvalRanks) -> tuple[Any, dict[str, Any]]:
+    """The policy on this rank's device (see _rank_policy_config)."""
+    return load_policy(_rank_policy_config(cfg, ranks))
 
 
 def run_eval(cfg: DictConfig, ranks: EvalRanks | None = None, loaded_policy: tuple[Any, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -285,9 +290,17 @@ def run_eval(cfg: DictConfig, ranks: EvalRanks | None = None, loaded_policy: tup
     if (output_dir / "results.json").exists() and not (output_dir / "protocol.json").exists():
         raise ConfigError(f"eval.output_dir={str(output_dir)!r} holds a --robustness run: use a new eval.output_dir")
     output_dir.mkdir(parents=True, exist_ok=True)
-    policy, policy_description = loaded_policy if loaded_policy is not None else _load_policy_for(cfg, ranks)
-    runner = create_env_runner(cfg, policy)  # every task: ranks share the episodes, not the tasks
+    policy_cfg = _rank_policy_config(cfg, ranks) if loaded_policy is None else None  # before any worker starts
+    runner = create_env_runner(cfg, loaded_policy[0] if loaded_policy else None)  # every task: ranks share the episodes
     try:
+        if loaded_policy is None:
+            # Worker processes build their envs (seconds each) while this one loads and hashes the checkpoint (a
+            # full pi0: ~7 GB), instead of one after the other.
+            if hasattr(runner, "start_workers"):
+                runner.start_workers()
+            loaded_policy = load_policy(policy_cfg)
+            runner.configure_run(policy=loaded_policy[0])
+        policy, policy_description = loaded_policy
         protocol = evaluation_protocol(cfg, runner, policy_description)
         protocol_path = output_dir / "protocol.json"
         episodes_path = output_dir / "episodes.jsonl"

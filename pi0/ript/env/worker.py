@@ -251,11 +251,12 @@ class EnvWorker:
         """Ask politely, wait, then terminate, then kill: never leave the process behind."""
         if self.process.is_alive():
             try:
-                if self.pending is not None and self.pending != START:
-                    self.kill()  # a command is in flight: the worker may be hung; don't wait for it
+                if self.pending is not None:
+                    # A command is in flight: the worker may be hung; don't wait for it. Still starting: it holds
+                    # nothing worth keeping, and waiting would cost its whole env build (an eval whose checkpoint
+                    # fails to load would answer seconds late).
+                    self.kill()
                 else:
-                    if self.pending == START:
-                        self.wait_started(timeout)
                     self.send(CLOSE)
                     if self.conn.poll(timeout):
                         self.receive(timeout)

@@ -1,0 +1,38 @@
+"""`pi0-ript eval` starts its env workers before it loads the policy, so env builds and the checkpoint load overlap;
+a checkpoint that fails to load still leaves no worker behind. Real worker processes on the reach task."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import pi0.ript.evaluate as evaluate
+from conftest import live_children, reach_config
+from pi0.ript.config.errors import ConfigError
+
+
+def test_workers_are_starting_while_the_policy_loads(tmp_path, monkeypatch, no_orphans):
+    workers_at_load = []
+    real_load = evaluate.load_policy
+
+    def load_and_count(cfg):
+        workers_at_load.append(len(live_children()))
+        return real_load(cfg)
+
+    monkeypatch.setattr(evaluate, "load_policy", load_and_count)
+    cfg = reach_config("task.num_parallel_envs=2", "task.task_ids=[0]", "eval.episodes_per_task=3", f"eval.output_dir={tmp_path}")
+    results = evaluate.run_eval(cfg)
+    assert workers_at_load == [2]
+    assert results["runner_stats"]["episodes"] == 3
+    assert json.loads((tmp_path / "results.json").read_text())["runner_stats"]["episodes"] == 3
+
+
+def test_a_checkpoint_that_fails_to_load_stops_the_started_workers(tmp_path, no_orphans):
+    broken = tmp_path / "ckpt"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # neither a pi0 nor a pi0.5 checkpoint
+    cfg = reach_config("task.num_parallel_envs=2", "policy.kind=pi0", f"policy.checkpoint_path={broken}",
+                       f"eval.output_dir={tmp_path / 'out'}")
+    with pytest.raises(ConfigError, match="norm_stats.json"):
+        evaluate.run_eval(cfg)
