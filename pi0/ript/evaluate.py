@@ -295,7 +295,7 @@ def run_eval(cfg: DictConfig, ranks: EvalRanks | None = None, loaded_policy: tup
     try:
         if loaded_policy is None:
             # Worker processes build their envs (seconds each) while this one loads and hashes the checkpoint (a
-            # full pi0: ~7 GB), instead of one after the other.
+            # full pi0: several GB), instead of one after the other.
             if hasattr(runner, "start_workers"):
                 runner.start_workers()
             loaded_policy = load_policy(policy_cfg)
