@@ -25,7 +25,7 @@ Two transition kinds (`algo.sampler`):
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -47,6 +47,22 @@ def standard_normal(
     """
     where = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device=where).to(device=device, dtype=dtype)
+
+
+Generators = torch.Generator | Sequence[torch.Generator] | None  # one stream for the batch, or one per sample
+
+
+def normal_draws(
+    shape: tuple[int, ...] | torch.Size, generators: Generators, device: torch.device | str, dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """N(0, 1) of `shape` [B, ...]: from one generator, or row b from generators[b] (CPU generators, one per sample:
+    a sample's noise then depends on its own seed only, not on its batch-mates or its place in the batch)."""
+    if generators is None or isinstance(generators, torch.Generator):
+        return standard_normal(shape, generators, device, dtype)
+    if len(generators) != shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {shape[0]}")
+    rows = [torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generators]
+    return torch.cat(rows).to(device=device, dtype=dtype)  # one copy to the device for the batch
 
 
 class NoiseScale(nn.Module):
@@ -110,11 +126,12 @@ def sde_sample(
     num_steps: int,
     scale: torch.Tensor,
     mask: torch.Tensor,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     sampler: str = "ddpm",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample a chain from `noise` [B,H,D]. Returns (chain [B, N+1, H, D], per-step log-probs [B, N]); chain[:, -1]
-    is the chunk and the chain's log-probability is the sum over steps."""
+    is the chunk and the chain's log-probability is the sum over steps. `generator`: the step noise's source, one
+    for the batch or one per sample (normal_draws)."""
     times = step_times(num_steps)
     scale = scale.to(noise)
     mask = mask.to(noise).expand_as(noise)
@@ -123,7 +140,7 @@ def sde_sample(
     for k in range(num_steps):
         t = torch.full((noise.shape[0],), times[k], dtype=noise.dtype, device=noise.device)
         mean, std = transition(x, velocity(x, t), times[k], times[k + 1], scale, mask, sampler)
-        eps = standard_normal(noise.shape, generator, noise.device, noise.dtype)
+        eps = normal_draws(noise.shape, generator, noise.device, noise.dtype)
         x = mean + std * eps
         step_log_probs.append(gaussian_log_density(x, mean, std))
         chain.append(x)

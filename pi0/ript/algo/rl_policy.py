@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from pi0.ript.algo.cfg import NEGATIVE, NULL, POSITIVE, AdvantageCondition, cfg_flow_loss, flow_matching_targets, guided_velocity
-from pi0.ript.algo.flow_sde import NoiseScale, chain_log_prob, logprob_mask, sde_sample, standard_normal
+from pi0.ript.algo.flow_sde import NoiseScale, chain_log_prob, logprob_mask, normal_draws, sde_sample
 from pi0.ript.policy.protocol import PolicyOutput
 
 
@@ -85,7 +85,12 @@ class RLPolicy(nn.Module):
 
     # --- rollout (RolloutPolicy) -------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_chunks(self, observations: Sequence[dict[str, np.ndarray]], instructions: Sequence[str]) -> PolicyOutput:
+    def predict_chunks(
+        self, observations: Sequence[dict[str, np.ndarray]], instructions: Sequence[str], sample_seeds: Sequence[int] | None = None,
+    ) -> PolicyOutput:
+        """`sample_seeds` (one per observation; the runner passes them for requests with a noise_seed): sample b's
+        starting noise and every step's injected noise come from a generator seeded with sample_seeds[b], its
+        starting noise as PI0Policy.seeded_noise draws it. Without them, everything comes from `self.generator`."""
         was_training = self.model.training
         self.model.eval()
         try:
@@ -93,13 +98,14 @@ class RLPolicy(nn.Module):
             with self.autocast():
                 cache = self.prefix_cache(inputs, with_grad=False)
             batch = len(observations)
-            noise = standard_normal((batch, self.chunk_size, self.model.config.max_action_dim), self.generator, self.model.device)
+            generators = self.generator if sample_seeds is None else [torch.Generator().manual_seed(int(s)) for s in sample_seeds]
+            noise = normal_draws((batch, self.chunk_size, self.model.config.max_action_dim), generators, self.model.device)
             velocity = self._rollout_velocity(cache, inputs.state, batch)
             stochastic = not self.deterministic and (self.optimizer_kind == "ppo" or self.cfg_rollout_noise)
             # Without injected noise the chain is the plain Euler ODE (zero-width mask: nothing is sampled).
             mask = self.mask if stochastic else torch.zeros_like(self.mask)
             with self.autocast():
-                chain, step_log_probs = sde_sample(velocity, noise, self.num_denoise_steps, self.noise(), mask, self.generator, self.sampler)
+                chain, step_log_probs = sde_sample(velocity, noise, self.num_denoise_steps, self.noise(), mask, generators, self.sampler)
             env_actions = self.policy.postprocess(chain[:, -1], inputs.raw_state)
         finally:
             self.model.train(was_training)

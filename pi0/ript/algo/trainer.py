@@ -187,8 +187,10 @@ def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dic
     all_contexts = [(t, i) for t in task_ids for i in range(spec.num_init_states(t))]
     sampler = ContextSampler(all_contexts[rank::world_size], seed=tc.seed * 1000 + rank, success_memory_size=a.success_memory_size)
     contexts_per_rank = math.ceil(a.num_contexts / world_size)
+    per_episode_noise = tc.policy_noise == "per_episode"
     eval_requests = [
-        EpisodeRequest(task_id=t, init_state=i) for t in task_ids for i in range(tc.eval_episodes_per_task)
+        EpisodeRequest(task_id=t, init_state=i, noise_seed=tc.eval_seed if per_episode_noise else None)
+        for t in task_ids for i in range(tc.eval_episodes_per_task)
     ][rank::world_size]
 
     # --- resume: optimizer, schedule, every RNG stream and the next iteration (the weights were loaded above) -----
@@ -222,9 +224,21 @@ def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dic
     K = a.rollouts_per_env
     first_record: list[tuple[Any, str]] = []  # any one policy query of this rank (the FSDP placeholder's input)
 
+    sampling_round = {"iteration": -1, "round": 0}  # which rollout() call of which iteration (per_episode noise)
+
+    def rollout_noise_seed() -> int | None:
+        """train.policy_noise=per_episode: one seed per (iteration, dynamic-sampling round), so a context drawn in
+        two rounds, or two iterations, is not replayed with the same noise; a resumed run draws the same seeds."""
+        if not per_episode_noise:
+            return None
+        seed = np.random.SeedSequence([tc.seed, sampling_round["iteration"], sampling_round["round"]]).generate_state(1)[0]
+        sampling_round["round"] += 1
+        return int(seed)
+
     def rollout(contexts: list[tuple[int, int]]) -> list[tuple[list[Episode], torch.Tensor]]:
         """K episodes per context through the runner (all at once); grouped back by request order."""
-        requests = [EpisodeRequest(task_id=t, init_state=i, rollout_index=k) for t, i in contexts for k in range(K)]
+        noise_seed = rollout_noise_seed()
+        requests = [EpisodeRequest(task_id=t, init_state=i, rollout_index=k, noise_seed=noise_seed) for t, i in contexts for k in range(K)]
         episodes: list[Episode | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), desc="rollouts", leave=False, disable=not (is_main and tc.progress))
         for episode in runner.run_episodes(requests):
@@ -337,6 +351,7 @@ def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dic
             reset_peak_memory(device)
             runner.stats.reset()
             first_record.clear()
+            sampling_round.update(iteration=iteration, round=0)
             groups = sample_groups(sampler, rollout, contexts_per_rank, a.dynamic_sampling, a.max_sampling_rounds)
             rollout_seconds = time.perf_counter() - started
             env_steps = runner.stats.env_steps

@@ -91,6 +91,7 @@ class AlgoConfig:
         _require(t.eval_every >= 0, f"train.eval_every={t.eval_every} must be >= 0 (0: no evaluation during training)")
         _require(t.eval_episodes_per_task >= 1, f"train.eval_episodes_per_task={t.eval_episodes_per_task} must be >= 1")
         _require(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every} must be >= 0 (0: only at the end)")
+        _require(t.policy_noise in ("stream", "per_episode"), f"train.policy_noise={t.policy_noise!r}: use stream or per_episode")
         _require(t.dist_backend in ("auto", "gloo", "nccl"), f"train.dist_backend={t.dist_backend!r}: use auto, gloo or nccl")
         _require(t.precision in PRECISIONS, f"train.precision={t.precision!r}: use one of {', '.join(PRECISIONS)}")
         _require(t.strategy in STRATEGIES, f"train.strategy={t.strategy!r}: use one of {', '.join(STRATEGIES)}")
@@ -118,6 +119,12 @@ class TrainConfig:
     eval_episodes_per_task: int = 10  # eval init states 0..N-1 of each task in task.task_ids
     eval_seed: int = 12345  # sampling seed for evaluation, so evals differ only by the weights
     eval_deterministic: bool = False  # evaluate with the plain ODE sampler instead of the noisy rollout sampler
+    # stream: rollout and eval noise drawn from one generator per rank, in call order (train.seed; eval_seed for
+    # evals), so the episodes depend on how the runner batched the calls. per_episode: each sample's starting and
+    # step noise from a seed of (train.seed, iteration, sampling round, task, init state, rollout, chunk); evals from
+    # (eval_seed, ...): the same rollouts whatever the worker count, schedule or worker restarts. stream is the
+    # default because the learning tests' and docs' figures were measured with it.
+    policy_noise: str = "stream"
     checkpoint_every: int = 1  # write the resumable checkpoint every N iterations (0: only at the end)
     save_checkpoints: bool = True  # false: write no checkpoint at all (benchmarks, throwaway runs)
     output_dir: str = "runs/ript"  # metrics.jsonl, TensorBoard events, checkpoint/ and success.png go here
