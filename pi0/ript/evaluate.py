@@ -23,6 +23,7 @@ import functools
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -218,24 +219,46 @@ def _save_video(episode: Episode, directory: Path, fps: int, upside_down: bool) 
     imageio.mimwrite(directory / name, frames, fps=fps, macro_block_size=1)
 
 
+Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile: a two-sided 95% interval
+
+
+def success_interval(successes: int, episodes: int) -> list[float] | None:
+    """The Wilson score 95% interval [low, high] of a success rate (None without episodes).
+
+    How far a rate measured on few episodes may be from the policy's true rate: 45/50 is 90% but anything in
+    [78.6%, 95.7%] fits it, so two evals 3 points apart on 50 episodes do not differ. Wilson's interval rather
+    than the normal approximation's p +- z sqrt(p(1-p)/n), which collapses to a single point at 0/n and n/n.
+    A few lines of arithmetic, so no statistics package is added for it."""
+    if episodes <= 0:
+        return None
+    p, n, z2 = successes / episodes, episodes, Z_95 * Z_95
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z_95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the edges, where rounding would miss
+    high = 1.0 if successes == episodes else min(1.0, centre + half)
+    return [low, high]
+
+
+def _rate_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    successes = sum(r["success"] for r in rows)
+    return {
+        "episodes": len(rows),
+        "successes": successes,
+        "success_rate": successes / len(rows) if rows else None,
+        "success_rate_ci95": success_interval(successes, len(rows)),
+    }
+
+
 def summarize(records: list[dict[str, Any]], task_ids: list[int]) -> dict[str, Any]:
     per_task = {}
     for task_id in task_ids:
         rows = [r for r in records if r["task_id"] == task_id]
-        successes = sum(r["success"] for r in rows)
-        per_task[str(task_id)] = {
-            "task_name": rows[0]["task_name"] if rows else None,
-            "episodes": len(rows),
-            "successes": successes,
-            "success_rate": successes / len(rows) if rows else None,
-        }
-    total = len(records)
-    return {
-        "per_task": per_task,
-        "episodes": total,
-        "successes": sum(r["success"] for r in records),
-        "success_rate": sum(r["success"] for r in records) / total if total else None,
-    }
+        per_task[str(task_id)] = {"task_name": rows[0]["task_name"] if rows else None, **_rate_row(rows)}
+    return {"per_task": per_task, **_rate_row(records)}
+
+
+def _shown_interval(interval: list[float] | None) -> str:
+    return f"{100 * interval[0]:.1f}-{100 * interval[1]:.1f}" if interval is not None else "-"
 
 
 def plot_success(summary: dict[str, Any], path: Path, title: str) -> None:
@@ -246,25 +269,32 @@ def plot_success(summary: dict[str, Any], path: Path, title: str) -> None:
 
     task_ids = list(summary["per_task"])
     rates = [100 * (summary["per_task"][t]["success_rate"] or 0.0) for t in task_ids]
+    intervals = [summary["per_task"][t].get("success_rate_ci95") or [0.0, 0.0] for t in task_ids]
+    # error bars: each task's Wilson 95% interval (not symmetric around the rate)
+    errors = [[max(r - 100 * lo, 0.0) for r, (lo, _) in zip(rates, intervals)], [max(100 * hi - r, 0.0) for r, (_, hi) in zip(rates, intervals)]]
     fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(task_ids) + 2), 3.5))
-    ax.bar(range(len(task_ids)), rates, color="tab:blue", tick_label=task_ids)
+    ax.bar(range(len(task_ids)), rates, color="tab:blue", tick_label=task_ids, yerr=errors, capsize=3, ecolor="tab:gray")
     ax.set_ylim(0, 100)
     ax.set_xlabel("task id")
     ax.set_ylabel("success (%)")
     overall = summary["success_rate"]
-    ax.set_title(f"{title}: {100 * overall:.1f}% overall" if overall is not None else title)
+    ax.set_title(f"{title}: {100 * overall:.1f}% overall (95% CI {_shown_interval(summary.get('success_rate_ci95'))})"
+                 if overall is not None else title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    lines = [f"{'task':>4}  {'success':>9}  {'rate':>6}  name"]
+    """Per-task and overall success, each with its Wilson 95% interval (success_interval)."""
+    lines = [f"{'task':>4}  {'success':>9}  {'rate':>6}  {'95% CI':>11}  name"]
     for task_id, row in summary["per_task"].items():
         rate = f"{100 * row['success_rate']:.1f}%" if row["success_rate"] is not None else "-"
-        lines.append(f"{task_id:>4}  {row['successes']:>4}/{row['episodes']:<4}  {rate:>6}  {row['task_name']}")
+        interval = _shown_interval(row["success_rate_ci95"])
+        lines.append(f"{task_id:>4}  {row['successes']:>4}/{row['episodes']:<4}  {rate:>6}  {interval:>11}  {row['task_name']}")
     if summary["success_rate"] is not None:
-        lines.append(f" all  {summary['successes']:>4}/{summary['episodes']:<4}  {100 * summary['success_rate']:.1f}%")
+        rate, interval = f"{100 * summary['success_rate']:.1f}%", _shown_interval(summary["success_rate_ci95"])
+        lines.append(f" all  {summary['successes']:>4}/{summary['episodes']:<4}  {rate:>6}  {interval:>11}")
     return "\n".join(lines)
 
 
@@ -385,12 +415,13 @@ def perturbation_of(suite: str) -> str:
 
 def format_robustness_table(combined: dict[str, Any]) -> str:
     clean_rate = combined["suites"][combined["clean_suite"]]["success_rate"]
-    lines = [f"{'suite':<24} {'perturbation':<13} {'success':>9}  {'rate':>6}  {'vs clean':>8}"]
+    lines = [f"{'suite':<24} {'perturbation':<13} {'success':>9}  {'rate':>6}  {'95% CI':>11}  {'vs clean':>8}"]
     for suite, row in combined["suites"].items():
         rate = row["success_rate"]
         delta = f"{100 * (rate - clean_rate):+.1f}" if rate is not None and clean_rate is not None and suite != combined["clean_suite"] else ""
         shown = f"{100 * rate:.1f}%" if rate is not None else "-"
-        lines.append(f"{suite:<24} {row['perturbation']:<13} {row['successes']:>4}/{row['episodes']:<4}  {shown:>6}  {delta:>8}")
+        interval = _shown_interval(row.get("success_rate_ci95"))
+        lines.append(f"{suite:<24} {row['perturbation']:<13} {row['successes']:>4}/{row['episodes']:<4}  {shown:>6}  {interval:>11}  {delta:>8}")
     return "\n".join(lines)
 
 
@@ -449,7 +480,7 @@ def run_robustness(cfg: DictConfig, ranks: EvalRanks | None = None) -> dict[str,
             "output_dir": suite_cfg.eval.output_dir,
             # what the policy was told: a reader sees the `_lan` rewording and the `_task` replacement here
             "instructions": {str(t): make_env_spec(suite_cfg).instruction(t) for t in results["protocol"]["task_ids"]},
-            **{key: results[key] for key in ("episodes", "successes", "success_rate", "per_task", "protocol")},
+            **{key: results[key] for key in ("episodes", "successes", "success_rate", "success_rate_ci95", "per_task", "protocol")},
         }
     combined = {
         "clean_suite": clean,
