@@ -51,6 +51,7 @@ from pi0.ript.algo import checkpoint as ckpt
 from pi0.ript.algo.cfg import condition_labels
 from pi0.ript.algo.dynamic_sampling import ContextSampler, sample_groups
 from pi0.ript.algo.flow_sde import stochastic_steps
+from pi0.ript.algo.memory import check_memory, free_bytes, plan_memory
 from pi0.ript.algo.parallel import (
     all_reduce_sum, average_gradients, barrier, full_optimizer_state, full_tensor,
     load_full_optimizer_state, resolve_precision, setup_distributed, shard_fsdp, sync_full_weights,
@@ -143,6 +144,9 @@ def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dic
     rl = make_rl_policy(cfg, base_policy, seed=tc.seed * 1000 + rank)
     rl.autocast_dtype = autocast_dtype
     rl.model.set_activation_checkpointing(checkpointed_parts(tc.activation_checkpointing))
+    memory_line = check_training_memory(cfg, rl, device, autocast_dtype, world_size)  # before anything is spent
+    if is_main:
+        log.info(memory_line)
     reference = frozen_copy(rl, autocast_dtype) if a.kl_coef > 0 else None  # the starting policy (rebuilt from it on resume)
     # cfg: the null condition's anchor, a frozen policy whose sampling velocity the null branch is pulled towards
     # (instead of only refitting the policy's own samples, which drifts): the starting policy, or the policy that
@@ -499,6 +503,44 @@ def reset_peak_memory(device: torch.device) -> None:
 def peak_memory_gib(device: torch.device) -> float:
     """Peak memory torch allocated on the GPU since the last reset (0 on a CPU: the process RSS is not per phase)."""
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+
+
+def check_training_memory(cfg: DictConfig, rl: RLPolicy, device: torch.device, autocast_dtype: torch.dtype | None,
+                          world_size: int, free: int | None = None) -> str:
+    """The memory plan's log line, or ConfigError if the gradients, AdamW state and frozen copies this config needs
+    do not fit next to the weights already on `device` (pi0.ript.algo.memory). The frozen copies follow the
+    conditions under which train() builds them: the KL reference, the CFG anchor, the FSDP rollout replica.
+    `free`: bytes free (default: asked of the device)."""
+    a, tc = cfg.algo, cfg.train
+    fsdp = tc.strategy == "fsdp"
+    low = 2 if autocast_dtype == torch.bfloat16 else 4  # frozen_copy stores bf16 weights under mixed precision
+
+    def copies(kl_coef: float, anchor: str, fsdp: bool) -> list[int]:
+        use_anchor = a.loss == "cfg" and anchor != "none" and a.cfg_anchor_coef > 0
+        made = [low] if kl_coef > 0 else []  # the KL reference (also the "start" anchor)
+        made += [low] if use_anchor and anchor == "start" and kl_coef <= 0 else []
+        made += [4] if fsdp else []  # the fp32 rollout replica (also the "rollout" anchor)
+        made += [low] if use_anchor and anchor == "rollout" and not fsdp else []
+        return made
+
+    total = sum(p.numel() for p in rl.parameters())
+    language_and_vision = sum(p.numel() for p in rl.model.paligemma_with_expert.paligemma.parameters())
+    trained_full = sum(p.numel() for p in rl.parameters() if p.requires_grad)
+    trained = trained_full - language_and_vision if tc.expert_only else trained_full
+    shards = world_size if fsdp else 1
+    plan = plan_memory(total, trained, copies(a.kl_coef, a.cfg_null_anchor, fsdp), shards)
+    alternatives = {}
+    if not tc.expert_only:
+        alternatives["train.expert_only=true"] = plan_memory(total, trained_full - language_and_vision, copies(a.kl_coef, a.cfg_null_anchor, fsdp), shards)
+    if not fsdp and world_size > 1:
+        alternatives[f"train.strategy=fsdp over these {world_size} ranks"] = plan_memory(total, trained, copies(a.kl_coef, a.cfg_null_anchor, True), world_size)
+    if a.kl_coef > 0:
+        alternatives["algo.kl_coef=0"] = plan_memory(total, trained, copies(0.0, a.cfg_null_anchor, fsdp), shards)
+    if a.loss == "cfg" and a.cfg_null_anchor != "none":
+        alternatives["algo.cfg_null_anchor=none"] = plan_memory(total, trained, copies(a.kl_coef, "none", fsdp), shards)
+    if free is None:
+        free = free_bytes(device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return check_memory(plan, free, str(device), alternatives)
 
 
 def frozen_copy(rl: RLPolicy, weights_dtype: torch.dtype | None = None) -> RLPolicy:

@@ -94,6 +94,7 @@ def analytic_memory(size: str, variant: str, strategy: str, world_size: int, bf1
     import torch
 
     from pi0.model.modeling import PI0Model
+    from pi0.ript.algo.memory import plan_memory
 
     with torch.device("meta"):
         model = PI0Model(model_config(size))
@@ -101,14 +102,13 @@ def analytic_memory(size: str, variant: str, strategy: str, world_size: int, bf1
     frozen_prefix = sum(p.numel() for p in model.paligemma_with_expert.paligemma.parameters())
     trained = total - frozen_prefix if variant.endswith("expert") else total
     shards = world_size if strategy == "fsdp" else 1
-    weights, grads, adam = 4 * total / shards, 4 * trained / shards, 8 * trained / shards
-    copies = 0
     if strategy == "fsdp":
-        copies = 4 * total  # the full fp32 rollout replica (also the CFG anchor)
-    elif variant.startswith("cfg"):
-        copies = (2 if bf16 else 4) * total  # the CFG rollout anchor, stored in bf16 under mixed precision
-    out = {"parameters_billion": total / 1e9, "trained_billion": trained / 1e9, "weights_gib": weights / GIB,
-           "gradients_gib": grads / GIB, "adamw_gib": adam / GIB, "frozen_copies_gib": copies / GIB}
+        copies = [4]  # the full fp32 rollout replica (also the CFG anchor)
+    else:
+        copies = [2 if bf16 else 4] if variant.startswith("cfg") else []  # the CFG rollout anchor, bf16 under mixed precision
+    plan = plan_memory(total, trained, copies, shards)  # what the trainer checks before its first rollout
+    out = {"parameters_billion": total / 1e9, "trained_billion": trained / 1e9, "weights_gib": 4 * total / shards / GIB,
+           "gradients_gib": plan.gradients / GIB, "adamw_gib": plan.adamw / GIB, "frozen_copies_gib": plan.frozen_copies / GIB}
     out["static_gib"] = out["weights_gib"] + out["gradients_gib"] + out["adamw_gib"] + out["frozen_copies_gib"]
     return out
 
