@@ -222,6 +222,19 @@ def test_rollout_and_update_on_the_device_match_the_cpu(kind):
         assert not torch.equal(cpu["weights"]["condition.embedding"], start["condition.embedding"])
 
 
+@pytest.mark.parametrize("kind", ["ppo", "cfg"])
+def test_seeded_rollouts_on_the_device_match_the_cpu(kind):
+    """train.policy_noise=per_episode's path: one CPU generator per sample, the draws moved to the device."""
+    obs, instructions = observations()
+    seeds = list(range(100, 100 + BATCH))
+    cpu = make_rl(kind, "cpu").predict_chunks(obs, instructions, sample_seeds=seeds)
+    with emulated_device() as device:
+        dev = make_rl(kind, device).predict_chunks(obs, instructions, sample_seeds=seeds)
+    np.testing.assert_array_equal(dev.actions, cpu.actions)
+    for d, c in zip(dev.extras, cpu.extras):
+        np.testing.assert_array_equal(d["chain"], c["chain"])
+
+
 def test_cfg_guidance_and_loss_on_the_device():
     """The CFG pieces that index the condition embeddings with labels built on the model's device."""
     obs, instructions = observations()
