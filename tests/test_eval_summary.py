@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pi0.ript.evaluate import format_robustness_table, format_table, plot_success, success_interval, summarize
+from pi0.ript.evaluate import format_robustness_table, format_table, plot_success, summarize
+from pi0.ript.success_rate import success_interval
 
 
 @pytest.mark.parametrize("successes, episodes, low, high", [

@@ -18,6 +18,7 @@ from pi0.ript.env.episode import EpisodeRequest
 from pi0.ript.env.parallel_runner import PI0LiberoRunner
 from pi0.ript.env.reach_sim import ReachEnvSpec
 from pi0.ript.policy.pi0_policy import make_tiny_policy
+from pi0.ript.success_rate import success_interval
 
 IMAGE, CHUNK = 28, 5
 
@@ -108,9 +109,10 @@ def test_training_with_per_episode_noise_is_the_same_on_one_or_two_workers(tmp_p
                                f"task.replan_steps={CHUNK}", "task.task_ids=[0,1]", f"policy.checkpoint_path={tmp_path / 'bc'}",
                                "algo.rollouts_per_env=4", "algo.num_contexts=2", "algo.num_denoise_steps=3",
                                "algo.dynamic_sampling=false", "train.num_iterations=1", "train.save_checkpoints=false",
-                               "train.progress=false", "train.policy_noise=per_episode", f"train.output_dir={out}")
-            train(cfg)
-            return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+                               "train.progress=false", "train.policy_noise=per_episode", f"train.output_dir={out}",
+                               "train.eval_at_start=true", "train.eval_every=1", "train.eval_episodes_per_task=4")
+            history = train(cfg)["success_history"]
+            return {**json.loads((out / "metrics.jsonl").read_text().splitlines()[-1]), "history": history}
 
         one, two = metrics(1), metrics(2)
     finally:
@@ -118,3 +120,9 @@ def test_training_with_per_episode_noise_is_the_same_on_one_or_two_workers(tmp_p
     assert 0 < one["rollout/success_rate"] < 1 and one["advantage/std"] > 0 and one["update/loss"] != 0  # not a trivial run
     for key in ("rollout/success_rate", "advantage/mean", "advantage/std", "update/loss", "update/approx_kl", "update/grad_norm"):
         assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-6), key
+    # The evals (before and after the update, eval_seed per episode) agree too, each rate with its 95% interval.
+    assert [h["eval_success_rate"] for h in two["history"]] == [h["eval_success_rate"] for h in one["history"]]
+    assert len(one["history"]) == 2
+    for entry in one["history"]:
+        successes = round(entry["eval_success_rate"] * 8)
+        assert entry["eval_success_rate_ci95"] == success_interval(successes, 8)

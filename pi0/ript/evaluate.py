@@ -23,7 +23,6 @@ import functools
 import importlib.metadata
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from pi0.ript.env import create_env_runner
 from pi0.ript.env.episode import Episode, EpisodeRequest
 from pi0.ript.eval_ranks import CLAIMS_FILE, EpisodeClaims, EpisodeLog, EvalRanks, merged_runner_stats
 from pi0.ript.policy.loading import load_policy
+from pi0.ript.success_rate import success_interval
 
 log = logging.getLogger(__name__)
 
@@ -217,26 +217,6 @@ def _save_video(episode: Episode, directory: Path, fps: int, upside_down: bool) 
     name = f"task{episode.task_id:02d}_init{episode.init_state_index:03d}_{'success' if episode.success else 'failure'}.mp4"
     frames = [rotate_180(frame) if upside_down else frame for frame in episode.frames or []]
     imageio.mimwrite(directory / name, frames, fps=fps, macro_block_size=1)
-
-
-Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile: a two-sided 95% interval
-
-
-def success_interval(successes: int, episodes: int) -> list[float] | None:
-    """The Wilson score 95% interval [low, high] of a success rate (None without episodes).
-
-    How far a rate measured on few episodes may be from the policy's true rate: 45/50 is 90% but anything in
-    [78.6%, 95.7%] fits it, so two evals 3 points apart on 50 episodes do not differ. Wilson's interval rather
-    than the normal approximation's p +- z sqrt(p(1-p)/n), which collapses to a single point at 0/n and n/n.
-    A few lines of arithmetic, so no statistics package is added for it."""
-    if episodes <= 0:
-        return None
-    p, n, z2 = successes / episodes, episodes, Z_95 * Z_95
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = Z_95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the edges, where rounding would miss
-    high = 1.0 if successes == episodes else min(1.0, centre + half)
-    return [low, high]
 
 
 def _rate_row(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -62,6 +62,7 @@ from pi0.ript.algo.rloo import rloo_advantages
 from pi0.ript.config.algo_schema import checkpointed_parts
 from pi0.ript.config.schema import ConfigError, apply_debug_mode
 from pi0.ript.env.episode import Episode, EpisodeRequest
+from pi0.ript.success_rate import success_interval
 
 log = logging.getLogger("pi0.ript.train")
 
@@ -266,9 +267,12 @@ def train(cfg: DictConfig, resume: bool = False, base_policy: Any = None) -> dic
         generator.set_state(saved)
         total = all_reduce_sum(torch.tensor([successes, float(len(eval_requests))]))
         rate = float(total[0] / total[1])
-        history.append({"iteration": iteration, "eval_success_rate": rate})
+        interval = success_interval(int(total[0]), int(total[1]))  # how far the rate may be from the policy's own
+        history.append({"iteration": iteration, "eval_success_rate": rate, "eval_success_rate_ci95": interval})
         if writer is not None:
             writer.add_scalar("eval/success_rate", rate, iteration)
+            writer.add_scalar("eval/success_rate_ci95_low", interval[0], iteration)
+            writer.add_scalar("eval/success_rate_ci95_high", interval[1], iteration)
         return rate
 
     def minibatch_loss(batch: SampleBatch, mb: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -608,7 +612,7 @@ def save_checkpoint(cfg, output_dir, iteration, rollout_policy, optimizer_state,
 
 
 def plot_eval_history(output_dir: Path, history: list[dict[str, Any]]) -> None:
-    """success.png: evaluation success rate by iteration (the curve to look at)."""
+    """success.png: evaluation success rate by iteration (the curve to look at), with its 95% interval as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -616,6 +620,11 @@ def plot_eval_history(output_dir: Path, history: list[dict[str, Any]]) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot([h["iteration"] for h in history], [h["eval_success_rate"] for h in history], marker="o")
+    banded = [h for h in history if h.get("eval_success_rate_ci95")]  # (histories resumed from before the key: none)
+    if banded:
+        ax.fill_between([h["iteration"] for h in banded], [h["eval_success_rate_ci95"][0] for h in banded],
+                        [h["eval_success_rate_ci95"][1] for h in banded], alpha=0.2, label="95% interval")
+        ax.legend(loc="lower right")
     ax.set_xlabel("iteration")
     ax.set_ylabel("eval success rate")
     ax.set_ylim(0, 1)
