@@ -36,3 +36,32 @@ def test_a_checkpoint_that_fails_to_load_stops_the_started_workers(tmp_path, no_
                        f"eval.output_dir={tmp_path / 'out'}")
     with pytest.raises(ConfigError, match="norm_stats.json"):
         evaluate.run_eval(cfg)
+
+
+def test_the_checkpoint_is_hashed_while_its_weights_load(tmp_path, monkeypatch):
+    """Each side waits to see the other running: one after the other (as before) would time out."""
+    import threading
+
+    from pi0.ript.policy import loading
+    from pi0.ript.policy.pi0_policy import PI0Policy, make_tiny_policy
+
+    checkpoint = tmp_path / "tiny"
+    make_tiny_policy(["reach the red target"], image_size=28, chunk_size=5).save_pretrained(checkpoint)
+    hash_running, load_running = threading.Event(), threading.Event()
+    real_hash, real_load = loading.checkpoint_hash, PI0Policy.from_pretrained
+
+    def hash_meeting_the_load(path):
+        hash_running.set()
+        assert load_running.wait(10), "the weights did not load while the checkpoint was hashed"
+        return real_hash(path)
+
+    def load_meeting_the_hash(*args, **kwargs):
+        load_running.set()
+        assert hash_running.wait(10), "the checkpoint was not hashed while the weights loaded"
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "checkpoint_hash", hash_meeting_the_load)
+    monkeypatch.setattr(PI0Policy, "from_pretrained", load_meeting_the_hash)
+    cfg = reach_config("policy.kind=pi0", f"policy.checkpoint_path={checkpoint}", "policy.device=cpu")
+    policy, description = loading.load_policy(cfg)
+    assert description["checkpoint_sha256"] == real_hash(checkpoint) and isinstance(policy, PI0Policy)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig
 
@@ -46,6 +48,8 @@ def load_policy(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     import torch
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.policy.dtype]
+    # sha256 releases the GIL: the checkpoint's several GB are hashed while the weights load, not after.
+    sha256 = _in_background(checkpoint_hash, path)
     try:
         policy = PI0Policy.from_pretrained(
             path, device=device, dtype=dtype, compile=cfg.policy.compile, tokenizer_path=cfg.policy.tokenizer_path or None,
@@ -55,8 +59,23 @@ def load_policy(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
         # A checkpoint the user supplied is incomplete or malformed: one line naming the file and the fix.
         message = exc.args[0] if exc.args else type(exc).__name__
         raise ConfigError(f"policy.checkpoint_path={str(path)!r}: {message}") from None
-    description = {"kind": kind, "checkpoint": str(path.resolve()), "checkpoint_sha256": checkpoint_hash(path)}
+    description = {"kind": kind, "checkpoint": str(path.resolve()), "checkpoint_sha256": sha256.result()}
     return policy, description
+
+
+def _in_background(function: Callable[..., Any], *args: Any) -> Future:
+    """function(*args) in a daemon thread, as a Future. Not an executor: its worker thread is joined at interpreter
+    exit, so a load that fails would still wait for the whole hash before the process could end."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=f"{function.__name__}-background", daemon=True).start()
+    return future
 
 
 def checkpoint_kind(path: Path) -> str:
