@@ -89,8 +89,8 @@ def test_rollouts_agree_across_worker_counts_and_a_killed_worker(rl_policy, no_o
 
 def test_training_with_per_episode_noise_is_the_same_on_one_or_two_workers(tmp_path):
     """One RIPT iteration (PPO) from a briefly behaviour-cloned tiny pi0 that succeeds now and then: with per_episode
-    noise, one worker and two give the same rollouts, advantages and update. (With the default stream the two
-    differed when this was written: success 0.25 vs 0.375, loss 0.0122 vs -0.0050.)"""
+    noise, one worker and two give the same rollouts, advantages, update and evals (the default stream draws in
+    call order, so how the runner batches the calls decides its samples)."""
     from pi0.ript.algo.bc import behaviour_clone, collect_demonstrations, make_reach_policy
     from pi0.ript.algo.trainer import train
 
