@@ -89,12 +89,13 @@ def test_train_refuses_before_the_first_rollout(monkeypatch, capsys, tmp_path, n
     monkeypatch.setattr(trainer, "free_bytes", lambda device, ranks=1: (started.append(len(live_children())), 1024)[1])
     policy_dir = tmp_path / "policy"
     make_tiny_policy(["reach the red target"], image_size=28, chunk_size=5).save_pretrained(policy_dir)
+    children_before = len(live_children())
     code = main(["train", "--config", DEMO, f"policy.checkpoint_path={policy_dir}", f"train.output_dir={tmp_path / 'run'}",
                  "policy.device=cpu", "task.image_size=28", "train.progress=false"])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(lines) == 1 and "training needs" in lines[0] and "0.0 GiB are free" in lines[0], err
-    assert started == [0] and not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert started == [children_before] and not (tmp_path / "run" / "metrics.jsonl").exists()  # no worker yet
 
 
 def test_check_memory_passes_through_when_it_fits():
