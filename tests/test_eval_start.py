@@ -22,8 +22,9 @@ def test_workers_are_starting_while_the_policy_loads(tmp_path, monkeypatch, no_o
 
     monkeypatch.setattr(evaluate, "load_policy", load_and_count)
     cfg = reach_config("task.num_parallel_envs=2", "task.task_ids=[0]", "eval.episodes_per_task=3", f"eval.output_dir={tmp_path}")
+    children_before = len(live_children())
     results = evaluate.run_eval(cfg)
-    assert workers_at_load == [2]
+    assert workers_at_load == [children_before + 2]
     assert results["runner_stats"]["episodes"] == 3
     assert json.loads((tmp_path / "results.json").read_text())["runner_stats"]["episodes"] == 3
 
