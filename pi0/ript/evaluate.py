@@ -249,7 +249,7 @@ def plot_success(summary: dict[str, Any], path: Path, title: str) -> None:
 
     task_ids = list(summary["per_task"])
     rates = [100 * (summary["per_task"][t]["success_rate"] or 0.0) for t in task_ids]
-    intervals = [summary["per_task"][t].get("success_rate_ci95") or [0.0, 0.0] for t in task_ids]
+    intervals = [summary["per_task"][t]["success_rate_ci95"] or [0.0, 0.0] for t in task_ids]  # None: no episodes
     # error bars: each task's Wilson 95% interval (not symmetric around the rate)
     errors = [[max(r - 100 * lo, 0.0) for r, (lo, _) in zip(rates, intervals)], [max(100 * hi - r, 0.0) for r, (_, hi) in zip(rates, intervals)]]
     fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(task_ids) + 2), 3.5))
@@ -258,7 +258,7 @@ def plot_success(summary: dict[str, Any], path: Path, title: str) -> None:
     ax.set_xlabel("task id")
     ax.set_ylabel("success (%)")
     overall = summary["success_rate"]
-    ax.set_title(f"{title}: {100 * overall:.1f}% overall (95% CI {_shown_interval(summary.get('success_rate_ci95'))})"
+    ax.set_title(f"{title}: {100 * overall:.1f}% overall (95% CI {_shown_interval(summary['success_rate_ci95'])})"
                  if overall is not None else title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -400,7 +400,7 @@ def format_robustness_table(combined: dict[str, Any]) -> str:
         rate = row["success_rate"]
         delta = f"{100 * (rate - clean_rate):+.1f}" if rate is not None and clean_rate is not None and suite != combined["clean_suite"] else ""
         shown = f"{100 * rate:.1f}%" if rate is not None else "-"
-        interval = _shown_interval(row.get("success_rate_ci95"))
+        interval = _shown_interval(row["success_rate_ci95"])
         lines.append(f"{suite:<24} {row['perturbation']:<13} {row['successes']:>4}/{row['episodes']:<4}  {shown:>6}  {interval:>11}  {delta:>8}")
     return "\n".join(lines)
 

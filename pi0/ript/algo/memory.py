@@ -52,6 +52,19 @@ def plan_memory(total_params: int, trained_params: int, copy_bytes_per_param: li
     )
 
 
+def frozen_copy_bytes(loss: str, kl_coef: float, null_anchor: str, anchor_coef: float, fsdp: bool, bf16: bool) -> list[int]:
+    """Bytes per parameter of each frozen full copy train() builds for these settings (train.py, "policy" block):
+    the KL reference (also the "start" anchor), the CFG null anchor, the FSDP rollout replica (fp32; also the
+    "rollout" anchor). Under mixed precision the reference and anchors store bf16 weights (frozen_copy)."""
+    low = 2 if bf16 else 4
+    use_anchor = loss == "cfg" and null_anchor != "none" and anchor_coef > 0
+    made = [low] if kl_coef > 0 else []
+    made += [low] if use_anchor and null_anchor == "start" and kl_coef <= 0 else []
+    made += [4] if fsdp else []
+    made += [low] if use_anchor and null_anchor == "rollout" and not fsdp else []
+    return made
+
+
 def free_bytes(device: torch.device, ranks_on_this_host: int = 1) -> int:
     """Memory this rank can still use: the card's free memory, or on a CPU the host's available RAM shared by the
     ranks on this host."""

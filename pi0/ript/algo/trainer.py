@@ -51,7 +51,7 @@ from pi0.ript.algo import checkpoint as ckpt
 from pi0.ript.algo.cfg import condition_labels
 from pi0.ript.algo.dynamic_sampling import ContextSampler, sample_groups
 from pi0.ript.algo.flow_sde import stochastic_steps
-from pi0.ript.algo.memory import check_memory, free_bytes, plan_memory
+from pi0.ript.algo.memory import check_memory, free_bytes, frozen_copy_bytes, plan_memory
 from pi0.ript.algo.parallel import (
     all_reduce_sum, average_gradients, barrier, full_optimizer_state, full_tensor,
     load_full_optimizer_state, resolve_precision, setup_distributed, shard_fsdp, sync_full_weights,
@@ -517,15 +517,9 @@ def check_training_memory(cfg: DictConfig, rl: RLPolicy, device: torch.device, a
     `free`: bytes free (default: asked of the device)."""
     a, tc = cfg.algo, cfg.train
     fsdp = tc.strategy == "fsdp"
-    low = 2 if autocast_dtype == torch.bfloat16 else 4  # frozen_copy stores bf16 weights under mixed precision
 
     def copies(kl_coef: float, anchor: str, fsdp: bool) -> list[int]:
-        use_anchor = a.loss == "cfg" and anchor != "none" and a.cfg_anchor_coef > 0
-        made = [low] if kl_coef > 0 else []  # the KL reference (also the "start" anchor)
-        made += [low] if use_anchor and anchor == "start" and kl_coef <= 0 else []
-        made += [4] if fsdp else []  # the fp32 rollout replica (also the "rollout" anchor)
-        made += [low] if use_anchor and anchor == "rollout" and not fsdp else []
-        return made
+        return frozen_copy_bytes(a.loss, kl_coef, anchor, a.cfg_anchor_coef, fsdp, autocast_dtype == torch.bfloat16)
 
     total = sum(p.numel() for p in rl.parameters())
     language_and_vision = sum(p.numel() for p in rl.model.paligemma_with_expert.paligemma.parameters())

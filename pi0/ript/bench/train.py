@@ -94,7 +94,8 @@ def analytic_memory(size: str, variant: str, strategy: str, world_size: int, bf1
     import torch
 
     from pi0.model.modeling import PI0Model
-    from pi0.ript.algo.memory import plan_memory
+    from pi0.ript.algo.memory import frozen_copy_bytes, plan_memory
+    from pi0.ript.config.algo_schema import AlgoConfig
 
     with torch.device("meta"):
         model = PI0Model(model_config(size))
@@ -102,10 +103,9 @@ def analytic_memory(size: str, variant: str, strategy: str, world_size: int, bf1
     frozen_prefix = sum(p.numel() for p in model.paligemma_with_expert.paligemma.parameters())
     trained = total - frozen_prefix if variant.endswith("expert") else total
     shards = world_size if strategy == "fsdp" else 1
-    if strategy == "fsdp":
-        copies = [4]  # the full fp32 rollout replica (also the CFG anchor)
-    else:
-        copies = [2 if bf16 else 4] if variant.startswith("cfg") else []  # the CFG rollout anchor, bf16 under mixed precision
+    algo = AlgoConfig()  # the variants run with the algo defaults (run_one sets none of these keys)
+    copies = frozen_copy_bytes("cfg" if variant.startswith("cfg") else "ppo", algo.kl_coef, algo.cfg_null_anchor,
+                               algo.cfg_anchor_coef, strategy == "fsdp", bf16)
     plan = plan_memory(total, trained, copies, shards)  # what the trainer checks before its first rollout
     out = {"parameters_billion": total / 1e9, "trained_billion": trained / 1e9, "weights_gib": 4 * total / shards / GIB,
            "gradients_gib": plan.gradients / GIB, "adamw_gib": plan.adamw / GIB, "frozen_copies_gib": plan.frozen_copies / GIB}
